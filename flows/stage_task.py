@@ -1,0 +1,36 @@
+"""One Prefect task that runs any map stage: retries, caching, and a report artifact.
+
+The cache key is the runner's own (stage, config hash, input hashes, code version), and it
+is offered to Prefect only when the output on disk is committed under that key, so a cache
+hit can never point at data that was deleted or replaced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
+from prefect.runtime import flow_run
+
+from gristmill.config import RuntimeConfig
+from gristmill.flows.report import stage_report
+from gristmill.stages.base import MapStage, StageConfig, StageInput
+from gristmill.stages.runner import StageResult, committed_with_key, run_stage, stage_cache_key
+
+
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    key = stage_cache_key(parameters["stage_cls"], parameters["config"], parameters["source"])
+    return key if committed_with_key(parameters["output"], key) else None
+
+
+@task(name="run-stage", cache_key_fn=_cache_key, persist_result=True, retries=1,
+      retry_delay_seconds=5, task_run_name="{stage_cls.name}")
+def run_stage_task(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
+                   output: str, runtime: RuntimeConfig) -> StageResult:
+    result = run_stage(stage_cls, config, source, output, runtime,
+                       flow_run_id=str(flow_run.get_id() or "") or None)
+    create_markdown_artifact(stage_report(result), key=f"{stage_cls.name.replace('_', '-')}-report",
+                             description=f"{stage_cls.name}: rows in / out / rejected")
+    return result

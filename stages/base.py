@@ -1,0 +1,189 @@
+"""The stage contract: a config, a pure batch transform, and the inputs it reads.
+
+A map stage is a small class: `__init__` takes its config, `setup()` loads anything heavy
+(models) once per worker, and `process(batch)` turns one Arrow table into a `Split` of
+kept and rejected rows. Everything about Ray, resume and commits lives in the runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+import gristmill
+from gristmill.config import FrozenModel
+from gristmill.storage.manifest import InputRef, manifest_sha256
+from gristmill.storage.reader import Dataset
+
+REJECT_COLUMNS = (
+    pa.field("reject_reason", pa.string()),
+    pa.field("reject_detail", pa.string()),
+    pa.field("reject_stage", pa.string()),
+)
+
+
+class Resources(FrozenModel):
+    """What one worker of a stage needs; the runner turns this into a Ray actor pool."""
+
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    concurrency: int | None = Field(
+        default=None, ge=1, description="Workers in the pool; None = as many as CPUs allow")
+    batch_rows: int = Field(default=1024, ge=1, description="Rows per process() call")
+
+
+class StageConfig(FrozenModel):
+    """Base of every stage config. `resources` never changes results, so it is not hashed."""
+
+    resources: Resources = Resources()
+
+    def hash_payload(self) -> dict:
+        return self.model_dump(mode="json", exclude={"resources"})
+
+
+ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+
+class Split(NamedTuple):
+    """What one batch became: rows to keep, and rows dropped with their reasons."""
+
+    kept: pa.Table
+    rejected: pa.Table
+
+
+class StageInputError(ValueError):
+    """The input cannot feed this stage (missing column, wrong type): said before any work."""
+
+
+class StageContractError(RuntimeError):
+    """A stage broke the contract (rows lost or invented): a bug in the stage, not the data."""
+
+
+def reject_schema(schema: pa.Schema) -> pa.Schema:
+    """The rejected sub-dataset keeps every input column plus why and where it was dropped."""
+    base = [f for f in schema if f.name not in {c.name for c in REJECT_COLUMNS}]
+    return pa.schema([*base, *REJECT_COLUMNS])
+
+
+def split_by_reasons(batch: pa.Table, reasons: Sequence[str | None],
+                     details: Sequence[str | None], stage: str) -> Split:
+    """Rows whose reason is None are kept; the others go to rejected with reason and detail."""
+    keep = pa.array([r is None for r in reasons], pa.bool_())
+    kept = batch.filter(keep)
+    dropped = [i for i, r in enumerate(reasons) if r is not None]
+    rejected = batch.take(pa.array(dropped, pa.int64()))
+    rejected = attach_reasons(rejected, [reasons[i] for i in dropped],
+                              [details[i] for i in dropped], stage)
+    return Split(kept, rejected)
+
+
+def attach_reasons(table: pa.Table, reasons: Sequence[str], details: Sequence[str | None],
+                   stage: str) -> pa.Table:
+    for field in REJECT_COLUMNS:
+        if field.name in table.column_names:
+            table = table.drop_columns([field.name])
+    return (table
+            .append_column(REJECT_COLUMNS[0], pa.array(reasons, pa.string()))
+            .append_column(REJECT_COLUMNS[1], pa.array(details, pa.string()))
+            .append_column(REJECT_COLUMNS[2], pa.array([stage] * len(reasons), pa.string())))
+
+
+class WorkUnit(BaseModel):
+    """The unit of work and of resume: one input shard, or one raw file."""
+
+    index: int
+    uri: str
+    rows: int | None = None
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class StageInput(Protocol):
+    """Where a stage's rows come from. Must pickle: workers call `read_unit` themselves."""
+
+    def units(self) -> list[WorkUnit]: ...
+
+    def refs(self) -> list[InputRef]: ...
+
+    def schema(self) -> pa.Schema: ...
+
+    def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]: ...
+
+
+class DatasetInput:
+    """A committed gristmill dataset as stage input: one work unit per shard."""
+
+    def __init__(self, uri: str, *, verify: bool = False) -> None:
+        self.dataset = Dataset.open(uri)
+        self.verify = verify
+
+    def units(self) -> list[WorkUnit]:
+        return [WorkUnit(index=i, uri=self.dataset.shard_location(i).uri(), rows=s.rows)
+                for i, s in enumerate(self.dataset.shards)]
+
+    def refs(self) -> list[InputRef]:
+        return [InputRef(uri=self.dataset.uri,
+                         manifest_sha256=manifest_sha256(self.dataset.location))]
+
+    def schema(self) -> pa.Schema:
+        return self.dataset.schema
+
+    def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]:
+        table = self.dataset.read_shard(unit.index, verify=self.verify)
+        for offset in range(0, table.num_rows, batch_rows):
+            yield table.slice(offset, batch_rows)
+
+
+class MapStage(ABC, Generic[ConfigT]):
+    """A stage that maps every input batch to kept + rejected rows, one worker at a time."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[StageConfig]]
+    fan_out: ClassVar[bool] = False
+    """True when a row may yield several output rows (generation, chunking)."""
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    def setup(self) -> None:
+        """Load models or other heavy state; called once per worker before any batch."""
+
+    def check_input(self, schema: pa.Schema) -> None:
+        """Raise StageInputError if `schema` cannot feed this stage."""
+
+    @abstractmethod
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema: ...
+
+    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return reject_schema(input_schema)
+
+    @abstractmethod
+    def process(self, batch: pa.Table) -> Split: ...
+
+    @classmethod
+    def code_version(cls) -> str:
+        """Package version plus a hash of the stage's source: code changes invalidate reuse."""
+        source = inspect.getsource(sys.modules[cls.__module__])
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        return f"{gristmill.__version__}+{digest}"
+
+
+def require_columns(schema: pa.Schema, stage: str,
+                    columns: dict[str, tuple[pa.DataType, ...]]) -> None:
+    """Name every missing or mistyped column at once, with what the stage accepts."""
+    problems = []
+    for name, types in columns.items():
+        if name not in schema.names:
+            problems.append(f"missing column {name!r}")
+        elif schema.field(name).type not in types:
+            wanted = " or ".join(str(t) for t in types)
+            problems.append(f"column {name!r} is {schema.field(name).type}, needs {wanted}")
+    if problems:
+        raise StageInputError(f"{stage} cannot read this input: " + "; ".join(problems)
+                              + f" (input columns: {schema.names})")

@@ -1,0 +1,222 @@
+"""ingest: raw JSONL / Parquet / text / fortune files, or named DATA.md sources, into a dataset.
+
+Each record gets a stable `id` (a 128-bit BLAKE2b of its source name and text), so the id
+survives every later stage. Records that cannot become rows (broken UTF-8, malformed JSON,
+no text field, text that is not a string, empty or oversized text) are rejected with the
+reason and their raw bytes, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from glob import glob
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from gristmill.stages.base import MapStage, Split, StageConfig, WorkUnit, attach_reasons
+from gristmill.stages.raw_formats import RawFormat, guess_format, iter_records
+from gristmill.storage.manifest import InputRef
+
+RAW_SCHEMA = pa.schema([
+    pa.field("locator", pa.string()),
+    pa.field("payload", pa.binary()),
+    pa.field("payload_kind", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("text_field", pa.string()),
+    pa.field("file_meta", pa.string()),
+])
+
+
+class IngestConfig(StageConfig):
+    """Knobs for turning raw records into rows."""
+
+    max_text_bytes: int = Field(default=8 * 1024 * 1024, ge=1,
+                                description="Larger texts are rejected as too_large")
+    promote_fields: list[str] = Field(
+        default_factory=list,
+        description="Metadata keys copied into their own string columns (e.g. genre, label)")
+
+
+class RawFile(BaseModel):
+    """One raw file to ingest, with how to read it and what to say about its rows."""
+
+    path: str
+    format: RawFormat
+    source: str
+    text_field: str = "text"
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class IngestInputError(ValueError):
+    """A source argument that names no file, folder, glob or known source."""
+
+
+def row_id(source: str, text: str) -> str:
+    return hashlib.blake2b(f"{source}\x00{text}".encode(), digest_size=16).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RawFilesInput:
+    """Raw files as stage input: one work unit per file."""
+
+    def __init__(self, files: list[RawFile]) -> None:
+        if not files:
+            raise IngestInputError("nothing to ingest: no files were found")
+        self.files = files
+        self._refs: list[InputRef] | None = None
+
+    @classmethod
+    def from_args(cls, sources: list[str], *, fmt: RawFormat | None = None,
+                  text_field: str = "text") -> RawFilesInput:
+        """Named sources (see `gristmill.sources`), files, folders or globs."""
+        files: list[RawFile] = []
+        for arg in sources:
+            files.extend(_expand(arg, fmt, text_field))
+        return cls(files)
+
+    def units(self) -> list[WorkUnit]:
+        return [WorkUnit(index=i, uri=f.path) for i, f in enumerate(self.files)]
+
+    def refs(self) -> list[InputRef]:
+        """Raw files are pinned by a sha256 of their bytes (computed once per input)."""
+        if self._refs is None:
+            self._refs = [InputRef(uri=f.path, manifest_sha256=_file_sha256(f.path))
+                          for f in self.files]
+        return self._refs
+
+    def schema(self) -> pa.Schema:
+        return RAW_SCHEMA
+
+    def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]:
+        raw = self.files[unit.index]
+        meta = json.dumps(raw.meta, sort_keys=True)
+        rows: list[tuple[str, bytes, str]] = []
+        for record in iter_records(raw.path, raw.format):
+            rows.append(record)
+            if len(rows) >= batch_rows:
+                yield _raw_table(rows, raw, meta)
+                rows = []
+        if rows:
+            yield _raw_table(rows, raw, meta)
+
+
+def _raw_table(rows: list[tuple[str, bytes, str]], raw: RawFile, meta: str) -> pa.Table:
+    locators, payloads, kinds = zip(*rows, strict=True)
+    count = len(rows)
+    return pa.table([
+        pa.array(locators, pa.string()), pa.array(payloads, pa.binary()),
+        pa.array(kinds, pa.string()), pa.array([raw.source] * count, pa.string()),
+        pa.array([raw.text_field] * count, pa.string()), pa.array([meta] * count, pa.string()),
+    ], schema=RAW_SCHEMA)
+
+
+def _expand(arg: str, fmt: RawFormat | None, text_field: str) -> list[RawFile]:
+    from gristmill.sources.registry import list_sources, resolve
+
+    if arg in {spec.name for spec in list_sources()}:
+        resolved = resolve(arg)
+        return [RawFile(path=str(path), format=resolved.spec.format, source=arg,
+                        text_field=resolved.spec.text_field,
+                        meta=resolved.spec.file_metadata(path))
+                for path in resolved.files]
+    if os.path.isdir(arg):
+        paths = sorted(str(p) for p in Path(arg).rglob("*") if p.is_file())
+    elif os.path.isfile(arg):
+        paths = [arg]
+    else:
+        paths = sorted(glob(arg, recursive=True))
+    if not paths:
+        raise IngestInputError(f"{arg!r} is not a known source, file, folder or glob "
+                               "matching any file")
+    return [RawFile(path=os.path.abspath(p), format=fmt or guess_format(p), source=arg,
+                    text_field=text_field) for p in paths]
+
+
+def _decode(payload: bytes, kind: str, text_field: str,
+            file_meta: dict[str, Any]) -> tuple[str | None, dict[str, Any], str, str]:
+    """(text, metadata, reason, detail); reason is '' when the record is good."""
+    try:
+        decoded = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, {}, "invalid_utf8", f"byte {payload[err.start]:#04x} at offset {err.start}"
+    if kind == "text":
+        return decoded, dict(file_meta), "", ""
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as err:
+        return None, {}, "malformed_json", str(err)
+    if not isinstance(record, dict):
+        return None, {}, "malformed_json", f"a JSON {type(record).__name__}, not an object"
+    if text_field not in record:
+        return None, {}, "missing_text", f"no {text_field!r} field (keys: {sorted(record)})"
+    text = record.pop(text_field)
+    if not isinstance(text, str):
+        return None, {}, "wrong_type", f"{text_field!r} is {type(text).__name__}, not a string"
+    return text, {**file_meta, **record}, "", ""
+
+
+class Ingest(MapStage[IngestConfig]):
+    name: ClassVar[str] = "ingest"
+    config_model: ClassVar[type[StageConfig]] = IngestConfig
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        promoted = [pa.field(name, pa.string()) for name in self.config.promote_fields]
+        return pa.schema([
+            pa.field("id", pa.string()), pa.field("text", pa.string()),
+            pa.field("source", pa.string()), pa.field("meta", pa.string()), *promoted,
+        ])
+
+    def process(self, batch: pa.Table) -> Split:
+        columns = {name: batch.column(name).to_pylist() for name in RAW_SCHEMA.names}
+        kept: dict[str, list[Any]] = {f.name: [] for f in self.output_schema(RAW_SCHEMA)}
+        dropped, reasons, details = [], [], []
+        meta_cache: dict[str, dict[str, Any]] = {}
+        for i, payload in enumerate(columns["payload"]):
+            file_meta = meta_cache.setdefault(columns["file_meta"][i],
+                                              json.loads(columns["file_meta"][i]))
+            text, meta, reason, detail = _decode(payload, columns["payload_kind"][i],
+                                                 columns["text_field"][i], file_meta)
+            if not reason:
+                reason, detail = self._check_text(text)
+            if reason:
+                dropped.append(i)
+                reasons.append(reason)
+                details.append(detail)
+                continue
+            source = columns["source"][i]
+            kept["id"].append(row_id(source, text))
+            kept["text"].append(text)
+            kept["source"].append(source)
+            kept["meta"].append(json.dumps(meta, sort_keys=True, default=str))
+            for name in self.config.promote_fields:
+                kept[name].append(_as_string(meta.get(name)))
+        rejected = attach_reasons(batch.take(pa.array(dropped, pa.int64())), reasons, details,
+                                  self.name)
+        return Split(pa.table(kept, schema=self.output_schema(RAW_SCHEMA)), rejected)
+
+    def _check_text(self, text: str) -> tuple[str, str]:
+        size = len(text.encode("utf-8"))
+        if size > self.config.max_text_bytes:
+            return "too_large", f"{size} bytes > max_text_bytes {self.config.max_text_bytes}"
+        if not text.strip():
+            return "empty_text", "text is empty or whitespace only"
+        return "", ""
+
+
+def _as_string(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)

@@ -1,0 +1,346 @@
+"""Run a map stage over its input with Ray, resumably, and commit kept + rejected rows.
+
+The unit of work is one input shard (or raw file). A Ray actor pool processes units; each
+unit's output shards are written under names derived from the unit index, and only after
+they are closed does the worker write `_progress/unit-NNNNN.json` atomically. A run that is
+killed therefore resumes by skipping recorded units and deleting unrecorded files: no
+finished unit is redone and no row is written twice. The manifest is committed last.
+
+Before any work, a committed output whose cache key (stage, config hash, input manifest
+hashes, code version) matches is reused as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from collections import Counter
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+from pydantic import BaseModel, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gristmill.config import RuntimeConfig, StorageConfig
+from gristmill.runtime import ensure_ray
+from gristmill.stages.base import MapStage, StageConfig, StageContractError, StageInput, WorkUnit
+from gristmill.storage.fs import (
+    Location,
+    read_bytes,
+    remove_file,
+    remove_tree,
+    resolve,
+    write_bytes_atomic,
+)
+from gristmill.storage.manifest import (
+    REJECTED_DIR,
+    InputRef,
+    Lineage,
+    ShardInfo,
+    StageStats,
+    canonical_json,
+    is_committed,
+    load_manifest,
+)
+from gristmill.storage.writer import SHARD_SUFFIX, ShardSetWriter, commit_dataset, prepare_output
+
+PROGRESS_DIR = "_progress"
+PLAN_FILE = "plan.json"
+
+
+class StageFailedError(RuntimeError):
+    """Some units failed; finished units stay recorded so a rerun resumes after the fix."""
+
+
+class UnitRecord(BaseModel):
+    """What one finished unit wrote: the durable proof that it need not run again."""
+
+    index: int
+    kept: list[ShardInfo]
+    rejected: list[ShardInfo]
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    reject_reasons: dict[str, int] = Field(default_factory=dict)
+    seconds: float
+    finished: datetime
+
+
+class StageResult(BaseModel):
+    """What a flow passes on: where the output is and what happened, never the data."""
+
+    stage: str
+    output: str
+    rejected: str | None
+    cache_key: str
+    reused: bool
+    stats: StageStats
+    wall_seconds: float
+
+
+def cache_key(stage: str, config: StageConfig, refs: list[InputRef], code_version: str) -> str:
+    payload = canonical_json({
+        "stage": stage,
+        "config": config.hash_payload(),
+        "inputs": [r.manifest_sha256 for r in refs],
+        "code": code_version,
+    })
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput) -> str:
+    """The key a committed output must carry to be reused for this run."""
+    return cache_key(stage_cls.name, config, source.refs(), stage_cls.code_version())
+
+
+def committed_with_key(output: str, key: str) -> bool:
+    out = resolve(output)
+    if not is_committed(out):
+        return False
+    lineage = load_manifest(out).lineage
+    return lineage is not None and lineage.cache_key == key
+
+
+def config_hash(config: StageConfig) -> str:
+    return hashlib.sha256(canonical_json(config.hash_payload()).encode()).hexdigest()
+
+
+def _record_location(out: Location, index: int) -> Location:
+    return out.join(PROGRESS_DIR, f"unit-{index:05d}.json")
+
+
+def process_unit(stage: MapStage, source: StageInput, unit: WorkUnit, out: Location,
+                 schemas: tuple[pa.Schema, pa.Schema], storage: StorageConfig) -> UnitRecord:
+    """Run one unit end to end and record it; on failure delete what it wrote."""
+    started = time.perf_counter()
+    options = {"prefix": f"part-{unit.index:05d}", "max_rows": storage.max_rows_per_shard,
+               "max_bytes": storage.max_bytes_per_shard}
+    kept_writer = ShardSetWriter(out, schemas[0], **options)
+    rejected_writer = ShardSetWriter(out.join(REJECTED_DIR), schemas[1], **options)
+    rows_in = rows_out = rows_rejected = 0
+    reasons: Counter[str] = Counter()
+    try:
+        for batch in source.read_unit(unit, stage.config.resources.batch_rows):
+            split = stage.process(batch)
+            accounted = split.kept.num_rows + split.rejected.num_rows
+            if not stage.fan_out and accounted != batch.num_rows:
+                raise StageContractError(
+                    f"{stage.name} returned {split.kept.num_rows} kept + "
+                    f"{split.rejected.num_rows} rejected rows for a batch of {batch.num_rows}")
+            kept_writer.write(split.kept)
+            rejected_writer.write(split.rejected)
+            rows_in += batch.num_rows
+            rows_out += split.kept.num_rows
+            rows_rejected += split.rejected.num_rows
+            if split.rejected.num_rows:
+                reasons.update(split.rejected.column("reject_reason").to_pylist())
+        record = UnitRecord(
+            index=unit.index, kept=kept_writer.close(), rejected=rejected_writer.close(),
+            rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
+            reject_reasons=dict(reasons), seconds=time.perf_counter() - started,
+            finished=datetime.now(UTC),
+        )
+    except BaseException:
+        kept_writer.abort()
+        rejected_writer.abort()
+        raise
+    write_bytes_atomic(_record_location(out, unit.index), record.model_dump_json().encode())
+    return record
+
+
+class UnitWorker:
+    """A Ray actor: builds the stage once (models load here), then processes units."""
+
+    def __init__(self, stage_cls: type[MapStage], config: StageConfig, source: StageInput,
+                 out: Location, schemas: tuple[pa.Schema, pa.Schema],
+                 storage: StorageConfig) -> None:
+        self.stage = stage_cls(config)
+        self.stage.setup()
+        self.source = source
+        self.out = out
+        self.schemas = schemas
+        self.storage = storage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records, errors = [], []
+        for text in batch.column("unit").to_pylist():
+            unit = WorkUnit.model_validate_json(text)
+            try:
+                record = process_unit(self.stage, self.source, unit, self.out, self.schemas,
+                                      self.storage)
+                records.append(record.model_dump_json())
+                errors.append(None)
+            except Exception as err:
+                records.append(None)
+                errors.append(f"unit {unit.index} ({unit.uri}): {type(err).__name__}: {err}\n"
+                              + traceback.format_exc(limit=4))
+        return pa.table({"record": pa.array(records, pa.string()),
+                         "error": pa.array(errors, pa.string())})
+
+
+def _pool_size(stage: MapStage, pending: int) -> int:
+    import ray
+
+    resources = stage.config.resources
+    if resources.concurrency is not None:
+        return min(resources.concurrency, pending)
+    cluster = ray.cluster_resources()
+    if resources.num_gpus > 0:
+        fit = int(cluster.get("GPU", 0) // resources.num_gpus)
+    else:
+        fit = int(cluster.get("CPU", 1) // resources.num_cpus)
+    return max(1, min(fit, pending))
+
+
+def _execute(stage: MapStage, source: StageInput, pending: list[WorkUnit], out: Location,
+             schemas: tuple[pa.Schema, pa.Schema], runtime: RuntimeConfig,
+             progress: Progress | None):
+    """Yield (record, error) per unit as workers finish them."""
+    import ray.data
+
+    resources = stage.config.resources
+    items = [{"unit": u.model_dump_json()} for u in pending]
+    units = ray.data.from_items(items, override_num_blocks=len(items))
+    results = units.map_batches(
+        UnitWorker,
+        fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
+                               "source": source, "out": out, "schemas": schemas,
+                               "storage": runtime.storage},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=_pool_size(stage, len(pending))),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus or None,
+    )
+    task = progress.add_task(stage.name, total=len(pending)) if progress else None
+    for row in results.iter_rows():
+        record = UnitRecord.model_validate_json(row["record"]) if row["record"] else None
+        if progress:
+            progress.advance(task)
+        yield record, row["error"]
+
+
+def _load_records(out: Location, key: str) -> dict[int, UnitRecord]:
+    """Recorded units of an interrupted run with the same key; anything else is cleared."""
+    plan = out.join(PROGRESS_DIR, PLAN_FILE)
+    if not plan.exists() or canonical_json(key) != read_bytes(plan).decode():
+        prepare_output(out, overwrite=False)
+        write_bytes_atomic(plan, canonical_json(key).encode())
+        return {}
+    records = {}
+    selector = pafs.FileSelector(out.join(PROGRESS_DIR).path)
+    for info in out.fs.get_file_info(selector):
+        if info.base_name.startswith("unit-") and info.base_name.endswith(".json"):
+            record = UnitRecord.model_validate_json(read_bytes(out.join(PROGRESS_DIR,
+                                                                        info.base_name)))
+            records[record.index] = record
+    _remove_unrecorded_shards(out, records)
+    return records
+
+
+def _remove_unrecorded_shards(out: Location, records: dict[int, UnitRecord]) -> None:
+    """Delete the shards an interrupted unit left behind, so rerunning it cannot duplicate."""
+    for folder, attr in ((out, "kept"), (out.join(REJECTED_DIR), "rejected")):
+        if not folder.exists():
+            continue
+        listed = {s.file for r in records.values() for s in getattr(r, attr)}
+        for info in folder.fs.get_file_info(pafs.FileSelector(folder.path)):
+            if info.base_name.endswith(SHARD_SUFFIX) and info.base_name not in listed:
+                remove_file(folder.join(info.base_name))
+
+
+def _stats(records: list[UnitRecord], reused: int) -> StageStats:
+    reasons: Counter[str] = Counter()
+    for record in records:
+        reasons.update(record.reject_reasons)
+    return StageStats(
+        rows_in=sum(r.rows_in for r in records),
+        rows_out=sum(r.rows_out for r in records),
+        rows_rejected=sum(r.rows_rejected for r in records),
+        reject_reasons=dict(reasons.most_common()),
+        units_total=len(records),
+        units_reused=reused,
+        seconds=sum(r.seconds for r in records),
+    )
+
+
+def run_stage(
+    stage_cls: type[MapStage],
+    config: StageConfig,
+    source: StageInput,
+    output: str,
+    runtime: RuntimeConfig | None = None,
+    *,
+    flow_run_id: str | None = None,
+) -> StageResult:
+    """Run `stage_cls` over `source` into `output`, reusing or resuming earlier work."""
+    runtime = runtime or RuntimeConfig()
+    wall = time.perf_counter()
+    stage = stage_cls(config)
+    input_schema = source.schema()
+    stage.check_input(input_schema)
+    schemas = (stage.output_schema(input_schema), stage.rejected_schema(input_schema))
+    refs = source.refs()
+    code_version = stage_cls.code_version()
+    key = cache_key(stage.name, config, refs, code_version)
+    out = resolve(output)
+
+    if is_committed(out):
+        manifest = load_manifest(out)
+        if manifest.lineage is not None and manifest.lineage.cache_key == key:
+            remove_tree(out.join(PROGRESS_DIR))
+            return _result(stage.name, out, key, True, manifest.stats or StageStats(), wall)
+        prepare_output(out, overwrite=True)
+
+    started = datetime.now(UTC)
+    records = _load_records(out, key)
+    reused = len(records)
+    pending = [u for u in source.units() if u.index not in records]
+    failures: list[str] = []
+    if pending:
+        ensure_ray(runtime.ray)
+        with _progress(runtime.progress) as progress:
+            for record, error in _execute(stage, source, pending, out, schemas, runtime,
+                                          progress):
+                if record is not None:
+                    records[record.index] = record
+                else:
+                    failures.append(error)
+    if failures:
+        raise StageFailedError(
+            f"{stage.name}: {len(failures)} of {len(records) + len(failures)} units failed; "
+            f"the {len(records)} finished units are kept and a rerun resumes after them. "
+            f"First failure: {failures[0]}")
+
+    ordered = [records[i] for i in sorted(records)]
+    stats = _stats(ordered, reused)
+    if not stage.fan_out and stats.rows_in != stats.rows_out + stats.rows_rejected:
+        raise StageContractError(f"{stage.name}: rows_in {stats.rows_in} != rows_out "
+                                 f"{stats.rows_out} + rows_rejected {stats.rows_rejected}")
+    lineage = Lineage(
+        stage=stage.name, config=config.model_dump(mode="json"), config_hash=config_hash(config),
+        inputs=refs, code_version=code_version, cache_key=key, flow_run_id=flow_run_id,
+        started=started, finished=datetime.now(UTC),
+    )
+    commit_dataset(
+        out, schemas[0], [s for r in ordered for s in r.kept],
+        rejected=(schemas[1], [s for r in ordered for s in r.rejected]),
+        lineage=lineage, stats=stats,
+    )
+    remove_tree(out.join(PROGRESS_DIR))
+    return _result(stage.name, out, key, False, stats, wall)
+
+
+def _result(stage: str, out: Location, key: str, reused: bool, stats: StageStats,
+            wall: float) -> StageResult:
+    return StageResult(stage=stage, output=out.uri(), rejected=out.join(REJECTED_DIR).uri(),
+                       cache_key=key, reused=reused, stats=stats,
+                       wall_seconds=time.perf_counter() - wall)
+
+
+def _progress(enabled: bool) -> Progress:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("units"), TimeElapsedColumn())
+    return Progress(*columns, disable=not enabled, transient=False)

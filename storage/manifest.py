@@ -1,0 +1,150 @@
+"""The manifest: the one file whose presence means a dataset is committed.
+
+It lists every shard with its row count, size and sha256, the Arrow schema, and the
+lineage that produced the data (stage, full config, inputs by manifest hash, code version).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from gristmill.storage.errors import NotADatasetError
+from gristmill.storage.fs import Location, read_bytes, write_bytes_atomic
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+REJECTED_DIR = "rejected"
+
+
+class ShardInfo(BaseModel):
+    """One Arrow IPC stream file of the dataset, relative to the dataset folder."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class InputRef(BaseModel):
+    """A dataset or raw source that a stage read, pinned by the hash of its manifest/content."""
+
+    uri: str
+    manifest_sha256: str
+
+
+class Lineage(BaseModel):
+    """How this dataset came to be: enough to rebuild it or to decide it can be reused."""
+
+    stage: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    config_hash: str = ""
+    inputs: list[InputRef] = Field(default_factory=list)
+    code_version: str = ""
+    cache_key: str = ""
+    flow_run_id: str | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+
+
+class StageStats(BaseModel):
+    """Counters a stage run reports; rows_in == rows_out + rows_rejected for filtering stages."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
+    reject_reasons: dict[str, int] = Field(default_factory=dict)
+    units_total: int = 0
+    units_reused: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    arrow_schema: str = Field(description="base64 of the Arrow IPC-serialized schema")
+    columns: list[dict[str, str]] = Field(description="name/type pairs, for people")
+    shards: list[ShardInfo] = Field(default_factory=list)
+    total_rows: int = 0
+    total_bytes: int = 0
+    rejected: str | None = Field(default=None, description="sub-folder of rejected rows")
+    lineage: Lineage | None = None
+    stats: StageStats | None = None
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def build(
+        cls,
+        schema: pa.Schema,
+        shards: list[ShardInfo],
+        *,
+        rejected: str | None = None,
+        lineage: Lineage | None = None,
+        stats: StageStats | None = None,
+    ) -> Manifest:
+        return cls(
+            arrow_schema=encode_schema(schema),
+            columns=[{"name": f.name, "type": str(f.type)} for f in schema],
+            shards=shards,
+            total_rows=sum(s.rows for s in shards),
+            total_bytes=sum(s.bytes for s in shards),
+            rejected=rejected,
+            lineage=lineage,
+            stats=stats,
+        )
+
+    @property
+    def schema(self) -> pa.Schema:
+        return decode_schema(self.arrow_schema)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+
+def encode_schema(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def decode_schema(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def manifest_location(dataset: Location) -> Location:
+    return dataset.join(MANIFEST_NAME)
+
+
+def is_committed(dataset: Location) -> bool:
+    return manifest_location(dataset).exists()
+
+
+def load_manifest(dataset: Location) -> Manifest:
+    """Read a committed manifest, refusing folders that were never committed."""
+    loc = manifest_location(dataset)
+    if not loc.exists():
+        raise NotADatasetError(
+            f"{dataset.uri()} has no {MANIFEST_NAME}: it is not a committed gristmill dataset "
+            "(the run that wrote it did not finish, or the path is wrong)"
+        )
+    return Manifest.model_validate_json(read_bytes(loc))
+
+
+def manifest_sha256(dataset: Location) -> str:
+    """Hash of the committed manifest bytes: pins an input's exact content for lineage."""
+    return hashlib.sha256(read_bytes(manifest_location(dataset))).hexdigest()
+
+
+def commit_manifest(dataset: Location, manifest: Manifest) -> None:
+    """Write the manifest last and atomically: before this call the dataset does not exist."""
+    write_bytes_atomic(manifest_location(dataset), manifest.to_bytes())
+
+
+def canonical_json(value: Any) -> str:
+    """A stable serialisation for hashing configs: sorted keys, no whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,139 @@
+"""Ray Data adapters: read a dataset as `ray.data.Dataset`, write one back with one commit.
+
+Reading makes one read task per shard. Writing lets every write task stream its blocks
+through `ShardSetWriter` into its own shards (`part-<task>-<n>.arrow`); the driver then
+commits a single manifest, so readers see all of the write or none of it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import pyarrow as pa
+import ray.data
+from ray.data.block import Block, BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
+
+from gristmill.storage.fs import Location, remove_file, remove_tree, resolve
+from gristmill.storage.manifest import Lineage, Manifest, ShardInfo, load_manifest
+from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
+    SHARD_SUFFIX,
+    ShardSetWriter,
+    commit_dataset,
+    conform,
+    prepare_output,
+)
+
+
+def _read_shard(dataset: Dataset, index: int, columns: list[str] | None,
+                verify: bool) -> list[pa.Table]:
+    return [dataset.read_shard(index, columns=columns, verify=verify)]
+
+
+class ShardDatasource(Datasource):
+    """One Ray read task per shard of a committed dataset."""
+
+    def __init__(self, dataset: Dataset, *, columns: list[str] | None = None,
+                 verify: bool = False) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.columns = columns
+        self.verify = verify
+
+    def estimate_inmemory_data_size(self) -> int:
+        return self.dataset.manifest.total_bytes
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: object | None = None) -> list[ReadTask]:
+        tasks = []
+        for index, shard in enumerate(self.dataset.shards):
+            metadata = BlockMetadata(
+                num_rows=shard.rows, size_bytes=shard.bytes, exec_stats=None,
+                input_files=[self.dataset.shard_location(index).uri()],
+            )
+            read = functools.partial(_read_shard, self.dataset, index, self.columns,
+                                     self.verify)
+            tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "GristmillShards"
+
+
+def read_ray(uri: str | Location, *, columns: list[str] | None = None,
+             verify: bool = False) -> ray.data.Dataset:
+    """Open a committed dataset lazily as a Ray Dataset (one block per shard)."""
+    dataset = Dataset.open(uri)
+    if not dataset.shards:
+        return ray.data.from_arrow(dataset.schema.empty_table())
+    return ray.data.read_datasource(ShardDatasource(dataset, columns=columns, verify=verify))
+
+
+class ShardDatasink(Datasink[list[dict]]):
+    """Each write task writes its own shards; `on_write_complete` commits one manifest."""
+
+    def __init__(self, out: Location, *, max_rows: int, max_bytes: int,
+                 lineage: Lineage | None) -> None:
+        self.out = out
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.lineage = lineage
+        self.schema: pa.Schema | None = None
+
+    def on_write_start(self, schema: pa.Schema | None = None) -> None:
+        if isinstance(schema, pa.Schema):
+            self.schema = schema
+
+    def write(self, blocks: Iterable[Block], ctx: object) -> list[dict]:
+        writer: ShardSetWriter | None = None
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            if writer is None:
+                schema = self.schema or table.schema
+                writer = ShardSetWriter(self.out, schema, prefix=f"part-{ctx.task_idx:05d}",
+                                        max_rows=self.max_rows, max_bytes=self.max_bytes)
+            writer.write(conform(table, writer.schema))
+        if writer is None:
+            return []
+        return [shard.model_dump() for shard in writer.close()]
+
+    def on_write_complete(self, write_result: WriteResult[list[dict]]) -> None:
+        shards = sorted((ShardInfo(**s) for part in write_result.write_returns for s in part),
+                        key=lambda s: s.file)
+        _remove_unlisted_shards(self.out, {s.file for s in shards})
+        schema = self.schema or pa.schema([])
+        commit_dataset(self.out, schema, shards, lineage=self.lineage)
+
+    def on_write_failed(self, error: Exception) -> None:
+        remove_tree(self.out)
+
+    def get_name(self) -> str:
+        return "GristmillShards"
+
+
+def _remove_unlisted_shards(out: Location, listed: set[str]) -> None:
+    """Drop shard files a retried write task left behind, before they could be confused."""
+    for info in out.fs.get_file_info(pa.fs.FileSelector(out.path)):
+        if info.base_name.endswith(SHARD_SUFFIX) and info.base_name not in listed:
+            remove_file(out.join(info.base_name))
+
+
+def write_ray(
+    ds: ray.data.Dataset,
+    uri: str | Location,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    lineage: Lineage | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write a Ray Dataset from all its workers as one committed gristmill dataset."""
+    out = resolve(uri)
+    prepare_output(out, overwrite=overwrite)
+    sink = ShardDatasink(out, max_rows=max_rows, max_bytes=max_bytes, lineage=lineage)
+    ds.write_datasink(sink)
+    return load_manifest(out)
