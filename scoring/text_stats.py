@@ -9,15 +9,16 @@ by a 64-bit rolling hash of word ids, so a 100k-word document costs milliseconds
 from __future__ import annotations
 
 import re
-import sys
 import unicodedata
+from collections import Counter
 from functools import lru_cache
 
 import numpy as np
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _NON_PRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Co", "Cs"})
-_ALLOWED_CONTROLS = frozenset("\n\r\t")
 _HASH_BASE = np.uint64(1_000_003)
 
 
@@ -37,11 +38,15 @@ class NgramIndex:
     """Word ids and lengths of one text, for repeated n-gram queries."""
 
     def __init__(self, tokens: list[str]) -> None:
-        vocabulary: dict[str, int] = {}
-        self.ids = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for t in tokens),
-                               dtype=np.uint64, count=len(tokens))
-        self.lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        words = np.array(tokens, dtype=str)
+        _, ids = np.unique(words, return_inverse=True)
+        self.ids = ids.astype(np.uint64).reshape(-1)
+        self.lengths = np.char.str_len(words).astype(np.int64).reshape(-1)
         self.total_chars = int(self.lengths.sum())
+
+    @property
+    def mean_word_length(self) -> float:
+        return self.total_chars / len(self.ids) if len(self.ids) else 0.0
 
     def _counts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(count of each window's n-gram, per window), windows in text order."""
@@ -74,30 +79,20 @@ class NgramIndex:
         return float(self.lengths[covered].sum() / self.total_chars)
 
 
-@lru_cache(maxsize=1)
-def _non_printable_pattern() -> re.Pattern[str]:
-    """One character class of every control, format, private, surrogate or unassigned
-    code point (tab and newlines excepted), plus U+FFFD, built once from unicodedata."""
-    ranges: list[tuple[int, int]] = []
-    for code in range(sys.maxunicode + 1):
-        char = chr(code)
-        bad = char == "\ufffd" or (char not in _ALLOWED_CONTROLS
-                                   and unicodedata.category(char) in _NON_PRINTABLE_CATEGORIES)
-        if bad:
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1] = (ranges[-1][0], code)
-            else:
-                ranges.append((code, code))
-    parts = "".join(f"\\U{a:08x}-\\U{b:08x}" if a != b else f"\\U{a:08x}" for a, b in ranges)
-    return re.compile(f"[{parts}]")
+@lru_cache(maxsize=65536)
+def _is_non_printable(char: str) -> bool:
+    return char == "\ufffd" or unicodedata.category(char) in _NON_PRINTABLE_CATEGORIES
 
 
 def non_printable_fraction(text: str) -> float:
-    """Share of characters that are non-printable or U+FFFD (an earlier decoding error)."""
+    """Share of characters that are control, format, private-use, surrogate or unassigned
+    (tab and newlines allowed), or U+FFFD, the mark of an earlier decoding error.
+
+    ASCII controls are counted by one regex; only non-ASCII characters are looked up.
+    """
     if not text:
         return 0.0
-    return len(_non_printable_pattern().findall(text)) / len(text)
-
-
-def mean_word_length(tokens: list[str]) -> float:
-    return sum(len(t) for t in tokens) / len(tokens) if tokens else 0.0
+    bad = len(_ASCII_CONTROL.findall(text))
+    non_ascii = Counter(_NON_ASCII.findall(text))
+    bad += sum(count for char, count in non_ascii.items() if _is_non_printable(char))
+    return bad / len(text)

@@ -108,11 +108,12 @@ class TextFilter(MapStage[TextFilterConfig]):
             return "too_few_words", f"{len(tokens)} words < min_words {cfg.min_words}", facts
         if cfg.max_words is not None and len(tokens) > cfg.max_words:
             return "too_many_words", f"{len(tokens)} words > max_words {cfg.max_words}", facts
-        mean = text_stats.mean_word_length(tokens)
+        ngrams = text_stats.NgramIndex(tokens)
+        mean = ngrams.mean_word_length
         low, high = cfg.min_mean_word_length, cfg.max_mean_word_length
         if (low is not None and mean < low) or (high is not None and mean > high):
             return "mean_word_length", f"mean word length {mean:.2f} outside {low}..{high}", facts
-        rule = self._repetition_or_noise(text, tokens)
+        rule = self._repetition_or_noise(text, ngrams)
         if rule is not None:
             return (*rule, facts)
         lang, score = self._language(text)
@@ -123,7 +124,8 @@ class TextFilter(MapStage[TextFilterConfig]):
                                f">= {cfg.min_language_score}", facts
         return None, None, facts
 
-    def _repetition_or_noise(self, text: str, tokens: list[str]) -> tuple[str, str] | None:
+    def _repetition_or_noise(self, text: str,
+                             ngrams: text_stats.NgramIndex) -> tuple[str, str] | None:
         cfg = self.config
         if cfg.max_non_printable_fraction is not None:
             share = text_stats.non_printable_fraction(text)
@@ -133,7 +135,6 @@ class TextFilter(MapStage[TextFilterConfig]):
             share = text_stats.duplicate_line_fraction(text)
             if share > cfg.max_duplicate_line_fraction:
                 return "repetition", f"{share:.2f} of lines are duplicates"
-        ngrams = text_stats.NgramIndex(tokens)
         for n, limit in sorted(cfg.max_top_ngram_fraction.items()):
             share = ngrams.top_ngram_char_fraction(n)
             if share > limit:

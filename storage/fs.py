@@ -36,6 +36,9 @@ class Location:
         """The string a user would pass to reach this location again."""
         if self.is_local:
             return self.path
+        handler = getattr(self.fs, "handler", None)
+        if isinstance(handler, pafs.FSSpecHandler):
+            return handler.fs.unstrip_protocol(self.path)
         return f"{self.fs.type_name}://{self.path}"
 
 
@@ -48,7 +51,7 @@ def resolve(uri: str | os.PathLike[str] | Location) -> Location:
         return Location(pafs.LocalFileSystem(), os.path.abspath(text))
     try:
         fs, path = pafs.FileSystem.from_uri(text)
-    except (pafs.ArrowInvalid, ValueError, TypeError):
+    except (ValueError, TypeError):
         import fsspec
 
         fsspec_fs, path = fsspec.core.url_to_fs(text)

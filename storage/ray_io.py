@@ -15,8 +15,16 @@ import ray.data
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
 
+from gristmill.storage.errors import SchemaMismatchError
 from gristmill.storage.fs import Location, remove_file, remove_tree, resolve
-from gristmill.storage.manifest import Lineage, Manifest, ShardInfo, load_manifest
+from gristmill.storage.manifest import (
+    Lineage,
+    Manifest,
+    ShardInfo,
+    decode_schema,
+    encode_schema,
+    load_manifest,
+)
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import (
     DEFAULT_MAX_BYTES,
@@ -69,11 +77,13 @@ def read_ray(uri: str | Location, *, columns: list[str] | None = None,
     """Open a committed dataset lazily as a Ray Dataset (one block per shard)."""
     dataset = Dataset.open(uri)
     if not dataset.shards:
-        return ray.data.from_arrow(dataset.schema.empty_table())
-    return ray.data.read_datasource(ShardDatasource(dataset, columns=columns, verify=verify))
+        empty = dataset.schema.empty_table()
+        return ray.data.from_arrow(empty.select(columns) if columns is not None else empty)
+    return ray.data.read_datasource(ShardDatasource(dataset, columns=columns, verify=verify),
+                                    override_num_blocks=len(dataset.shards))
 
 
-class ShardDatasink(Datasink[list[dict]]):
+class ShardDatasink(Datasink[dict]):
     """Each write task writes its own shards; `on_write_complete` commits one manifest."""
 
     def __init__(self, out: Location, *, max_rows: int, max_bytes: int,
@@ -88,7 +98,7 @@ class ShardDatasink(Datasink[list[dict]]):
         if isinstance(schema, pa.Schema):
             self.schema = schema
 
-    def write(self, blocks: Iterable[Block], ctx: object) -> list[dict]:
+    def write(self, blocks: Iterable[Block], ctx: object) -> dict:
         writer: ShardSetWriter | None = None
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
@@ -98,14 +108,20 @@ class ShardDatasink(Datasink[list[dict]]):
                                         max_rows=self.max_rows, max_bytes=self.max_bytes)
             writer.write(conform(table, writer.schema))
         if writer is None:
-            return []
-        return [shard.model_dump() for shard in writer.close()]
+            return {"schema": None, "shards": []}
+        return {"schema": encode_schema(writer.schema),
+                "shards": [shard.model_dump() for shard in writer.close()]}
 
-    def on_write_complete(self, write_result: WriteResult[list[dict]]) -> None:
-        shards = sorted((ShardInfo(**s) for part in write_result.write_returns for s in part),
+    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
+        parts = [part for part in write_result.write_returns if part["schema"] is not None]
+        schemas = {part["schema"] for part in parts}
+        if len(schemas) > 1:
+            raise SchemaMismatchError(f"write tasks produced {len(schemas)} different schemas; "
+                                      "cast the dataset to one schema before writing")
+        schema = self.schema or (decode_schema(schemas.pop()) if schemas else pa.schema([]))
+        shards = sorted((ShardInfo(**s) for part in parts for s in part["shards"]),
                         key=lambda s: s.file)
         _remove_unlisted_shards(self.out, {s.file for s in shards})
-        schema = self.schema or pa.schema([])
         commit_dataset(self.out, schema, shards, lineage=self.lineage)
 
     def on_write_failed(self, error: Exception) -> None:

@@ -71,20 +71,36 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing or extra:
         raise SchemaMismatchError(f"columns differ from the dataset schema: missing {missing}, "
                                   f"unexpected {extra}")
-    try:
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise SchemaMismatchError(f"cannot cast table to the dataset schema: {err}") from err
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise SchemaMismatchError(f"column {field.name!r}: cannot cast {column.type} to "
+                                      f"{field.type}: {err}") from err
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _fit_chunk(table: pa.Table, offset: int, room_rows: int, room_bytes: int) -> pa.Table:
-    """The longest slice from `offset` within both budgets (at least one row)."""
+_END_OF_STREAM_BYTES = 8
+
+
+def _ipc_size(table: pa.Table) -> int:
+    """Bytes the table's record batches take in an IPC stream, metadata and padding included."""
+    return sum(pa.ipc.get_record_batch_size(batch) for batch in table.to_batches())
+
+
+def _fit_chunk(table: pa.Table, offset: int, room_rows: int,
+               room_bytes: int) -> tuple[pa.Table, int]:
+    """The longest slice from `offset` within both budgets (at least one row), and its size."""
     rows = min(room_rows, table.num_rows - offset)
     chunk = table.slice(offset, rows)
-    while rows > 1 and chunk.nbytes > room_bytes:
-        rows = max(1, min(rows - 1, rows * room_bytes // max(1, chunk.nbytes)))
+    size = _ipc_size(chunk)
+    while rows > 1 and size > room_bytes:
+        rows = max(1, min(rows - 1, rows * room_bytes // max(1, size)))
         chunk = table.slice(offset, rows)
-    return chunk
+        size = _ipc_size(chunk)
+    return chunk, size
 
 
 class ShardSetWriter:
@@ -112,6 +128,7 @@ class ShardSetWriter:
         self._rows = 0
         self._name = ""
         self._files_made: list[str] = []
+        self._schema_bytes = schema.serialize().size
         folder.fs.create_dir(folder.path, recursive=True)
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
@@ -122,9 +139,10 @@ class ShardSetWriter:
         while offset < table.num_rows:
             if self._writer is None:
                 self._open_next()
-            room_bytes = max(0, self.max_bytes - self._sink.size)
-            chunk = _fit_chunk(table, offset, self.max_rows - self._rows, room_bytes)
-            if chunk.nbytes > room_bytes and self._rows:
+            used = max(self._sink.size, self._schema_bytes) + _END_OF_STREAM_BYTES
+            room_bytes = max(0, self.max_bytes - used)
+            chunk, size = _fit_chunk(table, offset, self.max_rows - self._rows, room_bytes)
+            if size > room_bytes and self._rows:
                 self._close_current()
                 continue
             self._writer.write_table(chunk)

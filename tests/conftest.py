@@ -1,0 +1,25 @@
+"""Shared fixtures: one local Ray for the session, quiet services, offline models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A real local Ray with two CPUs, started once for every test that needs it."""
+    import ray
+
+    from gristmill.runtime import RayConfig, ensure_ray
+
+    started = ensure_ray(RayConfig(num_cpus=2))
+    yield
+    if started:
+        ray.shutdown()

@@ -1,0 +1,139 @@
+"""ingest: raw records become rows with stable ids, or rejected rows that say why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gristmill.config import RuntimeConfig
+from gristmill.stages.ingest import (
+    RAW_SCHEMA,
+    Ingest,
+    IngestConfig,
+    IngestInputError,
+    RawFilesInput,
+    row_id,
+)
+from gristmill.stages.raw_formats import UnknownFormatError, iter_records
+from gristmill.stages.runner import run_stage
+from gristmill.storage.reader import Dataset
+
+QUIET = RuntimeConfig(progress=False)
+
+
+def raw_batch(payloads: list[bytes], kind: str = "json", meta: dict | None = None) -> pa.Table:
+    count = len(payloads)
+    return pa.table({
+        "locator": [f"file:{i}" for i in range(count)],
+        "payload": payloads,
+        "payload_kind": [kind] * count,
+        "source": ["unit-test"] * count,
+        "text_field": ["text"] * count,
+        "file_meta": [json.dumps(meta or {})] * count,
+    }, schema=RAW_SCHEMA)
+
+
+def reasons_of(split) -> list[str]:
+    return split.rejected.column("reject_reason").to_pylist()
+
+
+def test_each_kind_of_bad_record_is_rejected_with_its_reason() -> None:
+    stage = Ingest(IngestConfig())
+    payloads = [
+        b'{"text": "a fine document", "genre": "news"}',
+        b'{"text": "caf\xe9"}',
+        b'{"text": "unterminated',
+        b'["a", "list"]',
+        b'{"body": "no text field"}',
+        b'{"text": 42}',
+        b'{"text": "   "}',
+    ]
+    split = stage.process(raw_batch(payloads))
+    assert split.kept.column("text").to_pylist() == ["a fine document"]
+    assert reasons_of(split) == ["invalid_utf8", "malformed_json", "malformed_json",
+                                 "missing_text", "wrong_type", "empty_text"]
+    assert split.rejected.column("payload").to_pylist() == payloads[1:]
+    assert set(split.rejected.column("reject_stage").to_pylist()) == {"ingest"}
+    assert "offset" in split.rejected.column("reject_detail")[0].as_py()
+
+
+def test_oversized_text_is_rejected_not_loaded_downstream() -> None:
+    stage = Ingest(IngestConfig())
+    huge = "word " * (2 * 1024 * 1024)
+    split = stage.process(raw_batch([huge.encode()], kind="text"))
+    assert split.kept.num_rows == 0
+    assert reasons_of(split) == ["too_large"]
+    assert "10485760 bytes" in split.rejected.column("reject_detail")[0].as_py()
+
+
+def test_ids_are_stable_content_hashes_of_source_and_text() -> None:
+    stage = Ingest(IngestConfig())
+    first = stage.process(raw_batch([b'{"text": "same"}', b'{"text": "other"}']))
+    again = stage.process(raw_batch([b'{"text": "same"}']))
+    ids = first.kept.column("id").to_pylist()
+    assert ids[0] == again.kept.column("id")[0].as_py() == row_id("unit-test", "same")
+    assert ids[0] != ids[1]
+    assert len(ids[0]) == 32
+
+
+def test_metadata_is_kept_as_json_and_promoted_fields_become_columns() -> None:
+    stage = Ingest(IngestConfig(promote_fields=["genre", "lang", "missing"]))
+    split = stage.process(raw_batch([b'{"text": "t", "genre": "news", "n": 3}'],
+                                    meta={"lang": "de"}))
+    row = split.kept.to_pylist()[0]
+    assert json.loads(row["meta"]) == {"genre": "news", "n": 3, "lang": "de"}
+    assert (row["genre"], row["lang"], row["missing"]) == ("news", "de", None)
+
+
+def test_fortune_files_split_on_percent_lines_with_either_line_ending(tmp_path: Path) -> None:
+    path = tmp_path / "cookies"
+    path.write_bytes(b"first\nrecord\n%\nsecond\r\n%\r\nthird")
+    records = [payload for _, payload, _ in iter_records(str(path), "fortune")]
+    assert records == [b"first\nrecord", b"second", b"third"]
+
+
+def test_unknown_file_endings_need_a_format(tmp_path: Path) -> None:
+    (tmp_path / "data.xyz").write_text("x")
+    with pytest.raises(UnknownFormatError, match="cannot tell the format"):
+        RawFilesInput.from_args([str(tmp_path / "data.xyz")])
+
+
+def test_a_missing_input_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(IngestInputError, match="not a known source, file, folder or glob"):
+        RawFilesInput.from_args([str(tmp_path / "nothing-here*.jsonl")])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_ingest_run_accounts_for_every_record(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_bytes(b'{"text": "alpha"}\n{"text": "beta"}\nnot json\n')
+    (raw / "b.txt").write_text("a whole text file is one document")
+    pq.write_table(pa.table({"text": ["from parquet", None], "score": [1.5, 2.0]}),
+                   raw / "c.parquet")
+    result = run_stage(Ingest, IngestConfig(), RawFilesInput.from_args([str(raw)]),
+                       str(tmp_path / "out"), QUIET)
+    stats = result.stats
+    assert (stats.rows_in, stats.rows_out, stats.rows_rejected) == (6, 4, 2)
+    assert stats.rows_in == stats.rows_out + stats.rows_rejected
+    assert stats.reject_reasons == {"malformed_json": 1, "wrong_type": 1}
+    kept = Dataset.open(result.output).to_table()
+    assert sorted(kept.column("text").to_pylist()) == [
+        "a whole text file is one document", "alpha", "beta", "from parquet"]
+    rejected = Dataset.open(result.output).rejected.to_table()
+    assert rejected.num_rows == 2
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_named_source_brown_ingests_all_documents_with_unique_ids(tmp_path: Path) -> None:
+    result = run_stage(Ingest, IngestConfig(promote_fields=["genre"]),
+                       RawFilesInput.from_args(["brown"]), str(tmp_path / "brown"), QUIET)
+    table = Dataset.open(result.output).to_table()
+    assert table.num_rows == 500
+    assert len(set(table.column("id").to_pylist())) == 500
+    assert set(table.column("source").to_pylist()) == {"brown"}
+    assert len(set(table.column("genre").to_pylist())) == 15
