@@ -8,7 +8,7 @@ from prefect import flow
 from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
-from gristmill.flows.stage_task import run_stage_task
+from gristmill.flows.stage_task import run_stage_cached
 from gristmill.stages.base import DatasetInput
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.runner import StageResult
@@ -27,10 +27,10 @@ class CurateParams(FrozenModel):
 
 @flow(name="curate", log_prints=True)
 def curate_flow(params: CurateParams) -> list[StageResult]:
-    ingested = run_stage_task(
+    ingested = run_stage_cached(
         Ingest, params.ingest, RawFilesInput.from_args(params.sources),
         posixpath.join(params.work_dir, "ingest"), params.runtime)
-    filtered = run_stage_task(
+    filtered = run_stage_cached(
         TextFilter, params.text_filter,
         DatasetInput(ingested.output, verify=params.runtime.storage.verify_inputs),
         posixpath.join(params.work_dir, "text_filter"), params.runtime)

@@ -1,8 +1,8 @@
 """One Prefect task that runs any map stage: retries, caching, and a report artifact.
 
-The cache key is the runner's own (stage, config hash, input hashes, code version), and it
-is offered to Prefect only when the output on disk is committed under that key, so a cache
-hit can never point at data that was deleted or replaced.
+The cache key is the runner's own (stage, config hash, input hashes, code version). When the
+output on disk is not committed under that key (deleted, replaced, never written), the task
+refreshes its cache instead of reading it, so a cache hit never points at missing data.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from gristmill.stages.base import MapStage, StageConfig, StageInput
 from gristmill.stages.runner import StageResult, committed_with_key, run_stage, stage_cache_key
 
 
-def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    key = stage_cache_key(parameters["stage_cls"], parameters["config"], parameters["source"])
-    return key if committed_with_key(parameters["output"], key) else None
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return stage_cache_key(parameters["stage_cls"], parameters["config"], parameters["source"])
 
 
 @task(name="run-stage", cache_key_fn=_cache_key, persist_result=True, retries=1,
@@ -34,3 +33,11 @@ def run_stage_task(stage_cls: type[MapStage], config: StageConfig, source: Stage
     create_markdown_artifact(stage_report(result), key=f"{stage_cls.name.replace('_', '-')}-report",
                              description=f"{stage_cls.name}: rows in / out / rejected")
     return result
+
+
+def run_stage_cached(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
+                     output: str, runtime: RuntimeConfig) -> StageResult:
+    """Run the stage task, trusting Prefect's cache only while the output is still there."""
+    key = stage_cache_key(stage_cls, config, source)
+    task = run_stage_task.with_options(refresh_cache=not committed_with_key(output, key))
+    return task(stage_cls, config, source, output, runtime)

@@ -1,0 +1,88 @@
+"""Prefect flows against a real (temporary) Prefect server: reports, caching, results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.testing.utilities import prefect_test_harness
+
+from gristmill.config import RuntimeConfig
+from gristmill.flows.curate import CurateParams, curate_flow
+from gristmill.stages.text_filter import TextFilterConfig
+from gristmill.storage.reader import Dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local", "prefect_server")]
+
+GOOD = ("The river rose slowly through the night, and by morning the farmers along the valley "
+        "had moved their cattle to the higher fields before the water reached the road.")
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_raw(folder: Path) -> str:
+    folder.mkdir()
+    lines = [json.dumps({"text": GOOD, "label": "ham"}),
+             json.dumps({"text": "short one", "label": "spam"}),
+             "this line is not json"]
+    (folder / "mail.jsonl").write_text("\n".join(lines) + "\n")
+    return str(folder / "mail.jsonl")
+
+
+def task_states(flow_run_id: object) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run.state.name for run in runs}
+
+
+def test_curate_runs_each_stage_as_a_task_with_a_report_and_caches_reruns(
+        tmp_path: Path) -> None:
+    params = CurateParams(sources=[write_raw(tmp_path / "raw")], work_dir=str(tmp_path / "run"),
+                          text_filter=TextFilterConfig(min_words=10),
+                          runtime=RuntimeConfig(progress=False))
+    first = curate_flow(params, return_state=True)
+    ingested, filtered = first.result()
+    assert (ingested.stats.rows_in, ingested.stats.rows_out) == (3, 2)
+    assert ingested.stats.reject_reasons == {"malformed_json": 1}
+    assert (filtered.stats.rows_out, filtered.stats.rows_rejected) == (1, 1)
+    assert Dataset.open(filtered.output).to_table().column("text").to_pylist() == [GOOD]
+    assert Dataset.open(filtered.output).manifest.lineage.flow_run_id == str(
+        first.state_details.flow_run_id)
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["ingest-report", "text-filter-report"])))
+    reports = {a.key: a.data for a in artifacts}
+    assert "| 3 | 2 | 1 |" in reports["ingest-report"]
+    assert "malformed_json" in reports["ingest-report"]
+    assert "too_few_words" in reports["text-filter-report"]
+
+    second = curate_flow(params, return_state=True)
+    assert set(task_states(second.state_details.flow_run_id).values()) == {"Cached"}
+    assert [r.cache_key for r in second.result()] == [ingested.cache_key, filtered.cache_key]
+
+
+def test_a_deleted_output_is_recomputed_not_served_from_the_cache(tmp_path: Path) -> None:
+    params = CurateParams(sources=[write_raw(tmp_path / "raw")], work_dir=str(tmp_path / "run"),
+                          runtime=RuntimeConfig(progress=False))
+    curate_flow(params)
+    shutil.rmtree(tmp_path / "run" / "text_filter")
+    again = curate_flow(params, return_state=True)
+    states = task_states(again.state_details.flow_run_id)
+    assert states == {"ingest": "Cached", "text_filter": "Completed"}
+    assert Dataset.open(str(tmp_path / "run" / "text_filter")).num_rows == 0
