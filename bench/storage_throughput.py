@@ -1,9 +1,10 @@
 """Storage throughput: gristmill's shard writer and reader against plain pyarrow and peers.
 
-Why: every stage pays for writing and reading shards, and the storage layer adds sha256
-hashing, shard rolling and manifest checks on top of pyarrow's IPC stream format. The
-acceptance bar is gristmill within 0.8x of plain pyarrow for both write and read, measured
-on the same curation-like rows (real Brown / SpamAssassin / OpenWebText text, repeated).
+Why: every stage pays for writing and reading shards, and the storage layer adds
+checksumming (xxh3_128 by default, sha256 on request), shard rolling and manifest checks
+on top of pyarrow's IPC stream format. The acceptance bar is gristmill within 0.8x of
+plain pyarrow for both write and read, measured on the same curation-like rows (real
+Brown / SpamAssassin / OpenWebText text, repeated).
 
 Run: python bench/storage_throughput.py [--mb 500] [--repeats 3] [--batch-rows 1024]
 Writes bench/results/storage_throughput.json and prints a table.
@@ -35,6 +36,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gristmill.sources import resolve
+from gristmill.storage.checksum import DEFAULT_CHECKSUM
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import DatasetWriter
 
@@ -50,7 +52,7 @@ TOUCHES = {
     "arrow": "every column: sum of utf8_length of strings (scans every byte), sum of numbers; "
              "pyarrow.compute on each batch",
     "polars": "the same sums in polars (str.len_chars, sum) on each DataFrame",
-    "sha256": "every file byte hashed, nothing decoded",
+    "checksum": "every file byte hashed (default xxh3_128), nothing decoded",
     "-": "a write: every column serialised",
 }
 
@@ -128,9 +130,10 @@ def touch_polars(frame: pl.DataFrame) -> float:
 
 # --- writers ------------------------------------------------------------------------------
 
-def write_gristmill(batches: list[pa.RecordBatch], schema: pa.Schema, out: Path) -> None:
-    """DatasetWriter with default shard bounds: shard rolling, sha256, manifest commit."""
-    with DatasetWriter(str(out), schema, overwrite=True) as writer:
+def write_gristmill(batches: list[pa.RecordBatch], schema: pa.Schema, out: Path,
+                    checksum: str = DEFAULT_CHECKSUM) -> None:
+    """DatasetWriter with default shard bounds: shard rolling, checksums, manifest commit."""
+    with DatasetWriter(str(out), schema, overwrite=True, checksum=checksum) as writer:
         for batch in batches:
             writer.write(batch)
         writer.commit()
@@ -245,6 +248,7 @@ def build_cases(table: pa.Table, batch_rows: int) -> tuple[list[Case], dict[str,
     """Write the gristmill dataset once to learn its shard split, then define every case."""
     batches = table.to_batches(max_chunksize=batch_rows)
     grist_dir, plain_dir = WORK_DIR / "gristmill", WORK_DIR / "pyarrow"
+    sha_dir = WORK_DIR / "gristmill-sha256"
     write_gristmill(batches, table.schema, grist_dir)
     manifest = Dataset.open(str(grist_dir)).manifest
     plan = shard_plan(batches, [shard.rows for shard in manifest.shards])
@@ -254,6 +258,9 @@ def build_cases(table: pa.Table, batch_rows: int) -> tuple[list[Case], dict[str,
              lambda: write_pyarrow(plan, table.schema, plain_dir), lambda: remove(plain_dir)),
         Case("gristmill DatasetWriter", "write", "-",
              lambda: write_gristmill(batches, table.schema, grist_dir), lambda: remove(grist_dir)),
+        Case("gristmill DatasetWriter(sha256)", "write", "-",
+             lambda: write_gristmill(batches, table.schema, sha_dir, "sha256"),
+             lambda: remove(sha_dir)),
         Case("pyarrow open_stream(memory_map)", "read", "arrow",
              lambda: read_pyarrow(shards)),
         Case("gristmill iter_batches()", "read", "arrow",
@@ -261,7 +268,7 @@ def build_cases(table: pa.Table, batch_rows: int) -> tuple[list[Case], dict[str,
         Case("gristmill to_table()", "read", "arrow", lambda: read_gristmill_table(grist_dir)),
         Case("gristmill iter_batches(verify)", "read", "arrow",
              lambda: read_gristmill_batches(grist_dir, verify=True)),
-        Case("gristmill verify() only", "read", "sha256", lambda: verify_gristmill(grist_dir)),
+        Case("gristmill verify() only", "read", "checksum", lambda: verify_gristmill(grist_dir)),
         Case("HF Dataset.from_file", "read", "arrow",
              lambda: read_hf(shards, batch_rows)),
         Case("polars read_ipc_stream", "read", "polars", lambda: read_polars(shards)),

@@ -114,7 +114,7 @@ def run(
 def inspect(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or URI")],
     rows: Annotated[int, typer.Option(help="Sample rows to show")] = 3,
-    verify: Annotated[bool, typer.Option(help="Check every shard's sha256")] = False,
+    verify: Annotated[bool, typer.Option(help="Check every shard's checksum")] = False,
 ) -> None:
     """Show a dataset's manifest, schema, counts, sample rows and lineage chain."""
     try:

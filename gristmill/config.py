@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gristmill.runtime import RayConfig
+from gristmill.storage.checksum import DEFAULT_CHECKSUM, ChecksumAlgorithm
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -31,8 +32,11 @@ class StorageConfig(FrozenModel):
 
     max_rows_per_shard: int = Field(default=100_000, ge=1)
     max_bytes_per_shard: int = Field(default=256 * 1024 * 1024, ge=1024)
+    checksum: ChecksumAlgorithm = Field(
+        default=DEFAULT_CHECKSUM,
+        description="Shard checksum: xxh3_128 (fast, detects corruption) or sha256")
     verify_inputs: bool = Field(
-        default=False, description="Check every input shard's sha256 before a stage reads it")
+        default=False, description="Check every input shard's checksum before a stage reads it")
 
 
 class RuntimeConfig(FrozenModel):

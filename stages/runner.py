@@ -116,7 +116,7 @@ def process_unit(stage: MapStage, source: StageInput, unit: WorkUnit, out: Locat
     """Run one unit end to end and record it; on failure delete what it wrote."""
     started = time.perf_counter()
     options = {"prefix": f"part-{unit.index:05d}", "max_rows": storage.max_rows_per_shard,
-               "max_bytes": storage.max_bytes_per_shard}
+               "max_bytes": storage.max_bytes_per_shard, "checksum": storage.checksum}
     kept_writer = ShardSetWriter(out, schemas[0], **options)
     rejected_writer = ShardSetWriter(out.join(REJECTED_DIR), schemas[1], **options)
     rows_in = rows_out = rows_rejected = 0

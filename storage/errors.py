@@ -14,7 +14,7 @@ class CorruptShardError(DatasetError):
 
 
 class ChecksumMismatchError(CorruptShardError):
-    """A shard's sha256 differs from the one its manifest recorded."""
+    """A shard's checksum differs from the one its manifest recorded."""
 
 
 class SchemaMismatchError(DatasetError):

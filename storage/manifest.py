@@ -1,6 +1,6 @@
 """The manifest: the one file whose presence means a dataset is committed.
 
-It lists every shard with its row count, size and sha256, the Arrow schema, and the
+It lists every shard with its row count, size and checksum, the Arrow schema, and the
 lineage that produced the data (stage, full config, inputs by manifest hash, code version).
 """
 
@@ -29,7 +29,7 @@ class ShardInfo(BaseModel):
     file: str
     rows: int
     bytes: int
-    sha256: str
+    checksum: str = Field(description='"<algorithm>:<hex digest>", e.g. "xxh3_128:9f..."')
 
 
 class InputRef(BaseModel):

@@ -15,6 +15,7 @@ import ray.data
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
 
+from gristmill.storage.checksum import DEFAULT_CHECKSUM, ChecksumAlgorithm
 from gristmill.storage.errors import SchemaMismatchError
 from gristmill.storage.fs import Location, remove_file, remove_tree, resolve
 from gristmill.storage.manifest import (
@@ -87,10 +88,11 @@ class ShardDatasink(Datasink[dict]):
     """Each write task writes its own shards; `on_write_complete` commits one manifest."""
 
     def __init__(self, out: Location, *, max_rows: int, max_bytes: int,
-                 lineage: Lineage | None) -> None:
+                 checksum: ChecksumAlgorithm, lineage: Lineage | None) -> None:
         self.out = out
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.checksum = checksum
         self.lineage = lineage
         self.schema: pa.Schema | None = None
 
@@ -105,7 +107,8 @@ class ShardDatasink(Datasink[dict]):
             if writer is None:
                 schema = self.schema or table.schema
                 writer = ShardSetWriter(self.out, schema, prefix=f"part-{ctx.task_idx:05d}",
-                                        max_rows=self.max_rows, max_bytes=self.max_bytes)
+                                        max_rows=self.max_rows, max_bytes=self.max_bytes,
+                                        checksum=self.checksum)
             writer.write(conform(table, writer.schema))
         if writer is None:
             return {"schema": None, "shards": []}
@@ -144,12 +147,14 @@ def write_ray(
     *,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    checksum: ChecksumAlgorithm = DEFAULT_CHECKSUM,
     lineage: Lineage | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Write a Ray Dataset from all its workers as one committed gristmill dataset."""
     out = resolve(uri)
     prepare_output(out, overwrite=overwrite)
-    sink = ShardDatasink(out, max_rows=max_rows, max_bytes=max_bytes, lineage=lineage)
+    sink = ShardDatasink(out, max_rows=max_rows, max_bytes=max_bytes, checksum=checksum,
+                         lineage=lineage)
     ds.write_datasink(sink)
     return load_manifest(out)

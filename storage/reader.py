@@ -2,18 +2,18 @@
 
 Every failure names the shard and what is wrong with it: a folder without a manifest is
 refused, a shard whose size or row count disagrees with the manifest is corrupt, and a
-sha256 mismatch is reported when verification is asked for.
+checksum mismatch is reported when verification is asked for.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from functools import cached_property
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gristmill.storage.checksum import algorithm_of, file_checksum
 from gristmill.storage.errors import ChecksumMismatchError, CorruptShardError
 from gristmill.storage.fs import Location, resolve
 from gristmill.storage.manifest import (
@@ -23,8 +23,6 @@ from gristmill.storage.manifest import (
     is_committed,
     load_manifest,
 )
-
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 class Dataset:
@@ -75,7 +73,7 @@ class Dataset:
         loc = self.shard_location(index)
         self._check_size(loc, shard)
         if verify:
-            self._check_sha256(loc, shard)
+            self._check_checksum(loc, shard)
         rows = 0
         try:
             with _open_stream(loc) as source:
@@ -101,11 +99,11 @@ class Dataset:
         return pa.Table.from_batches(list(self.iter_batches(columns=columns)), schema=schema)
 
     def verify(self) -> None:
-        """Check every shard's size and sha256 against the manifest."""
+        """Check every shard's size and checksum against the manifest."""
         for index, shard in enumerate(self.shards):
             loc = self.shard_location(index)
             self._check_size(loc, shard)
-            self._check_sha256(loc, shard)
+            self._check_checksum(loc, shard)
 
     @cached_property
     def rejected(self) -> Dataset | None:
@@ -137,14 +135,11 @@ class Dataset:
                                     f"manifest says {shard.bytes} (truncated or overwritten)")
 
     @staticmethod
-    def _check_sha256(loc: Location, shard: ShardInfo) -> None:
-        digest = hashlib.sha256()
-        with loc.fs.open_input_stream(loc.path) as stream:
-            while chunk := stream.read(_HASH_CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != shard.sha256:
-            raise ChecksumMismatchError(f"shard {loc.uri()} has sha256 {digest.hexdigest()}, "
-                                        f"the manifest says {shard.sha256}")
+    def _check_checksum(loc: Location, shard: ShardInfo) -> None:
+        actual = file_checksum(loc, algorithm_of(shard.checksum))
+        if actual != shard.checksum:
+            raise ChecksumMismatchError(f"shard {loc.uri()} has checksum {actual}, "
+                                        f"the manifest says {shard.checksum}")
 
 
 def _open_stream(loc: Location) -> pa.NativeFile:

@@ -2,19 +2,24 @@
 
 `ShardSetWriter` is the one place bytes reach a shard file: it rolls to a new shard at
 `max_rows` (hard) or `max_bytes` (a table is split so a shard stays under it, except a
-single row larger than the limit), hashing every byte as it is written so no second
+single row larger than the limit), checksumming every byte as it is written so no second
 read is needed. `DatasetWriter` pairs a kept and a rejected shard set and commits both.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gristmill.storage.checksum import (
+    DEFAULT_CHECKSUM,
+    ChecksumAlgorithm,
+    format_checksum,
+    new_hasher,
+)
 from gristmill.storage.errors import DatasetExistsError, SchemaMismatchError
 from gristmill.storage.fs import Location, remove_file, remove_tree, resolve
 from gristmill.storage.manifest import (
@@ -37,9 +42,9 @@ SHARD_SUFFIX = ".arrow"
 class _HashingSink:
     """A write-only file object that hashes and counts what passes through it."""
 
-    def __init__(self, raw: pa.NativeFile) -> None:
+    def __init__(self, raw: pa.NativeFile, algorithm: str) -> None:
         self._raw = raw
-        self.digest = hashlib.sha256()
+        self.digest = new_hasher(algorithm)
         self.size = 0
         self.closed = False
 
@@ -114,6 +119,7 @@ class ShardSetWriter:
         prefix: str = "part",
         max_rows: int = DEFAULT_MAX_ROWS,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        checksum: ChecksumAlgorithm = DEFAULT_CHECKSUM,
     ) -> None:
         if max_rows < 1 or max_bytes < 1:
             raise ValueError("max_rows and max_bytes must be positive")
@@ -122,6 +128,8 @@ class ShardSetWriter:
         self.prefix = prefix
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.checksum = checksum
+        new_hasher(checksum)
         self.shards: list[ShardInfo] = []
         self._sink: _HashingSink | None = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
@@ -171,7 +179,7 @@ class ShardSetWriter:
         self._name = f"{self.prefix}-{len(self.shards):05d}{SHARD_SUFFIX}"
         self._files_made.append(self._name)
         raw = self.folder.fs.open_output_stream(self.folder.join(self._name).path)
-        self._sink = _HashingSink(raw)
+        self._sink = _HashingSink(raw, self.checksum)
         self._writer = pa.ipc.new_stream(self._sink, self.schema)
         self._rows = 0
 
@@ -182,7 +190,7 @@ class ShardSetWriter:
         self._sink.close()
         self.shards.append(ShardInfo(
             file=self._name, rows=self._rows, bytes=self._sink.size,
-            sha256=self._sink.digest.hexdigest(),
+            checksum=format_checksum(self.checksum, self._sink.digest),
         ))
         self._writer = None
         self._sink = None
@@ -252,15 +260,16 @@ class DatasetWriter:
         rejected_schema: pa.Schema | None = None,
         max_rows: int = DEFAULT_MAX_ROWS,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        checksum: ChecksumAlgorithm = DEFAULT_CHECKSUM,
         overwrite: bool = False,
     ) -> None:
         self.out = resolve(uri)
         prepare_output(self.out, overwrite=overwrite)
-        self.kept = ShardSetWriter(self.out, schema, max_rows=max_rows, max_bytes=max_bytes)
+        bounds = {"max_rows": max_rows, "max_bytes": max_bytes, "checksum": checksum}
+        self.kept = ShardSetWriter(self.out, schema, **bounds)
         self.rejected = None
         if rejected_schema is not None:
-            self.rejected = ShardSetWriter(self.out.join(REJECTED_DIR), rejected_schema,
-                                           max_rows=max_rows, max_bytes=max_bytes)
+            self.rejected = ShardSetWriter(self.out.join(REJECTED_DIR), rejected_schema, **bounds)
         self.manifest: Manifest | None = None
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
@@ -295,7 +304,7 @@ class DatasetWriter:
 
 
 def write_table(uri: str | Location, table: pa.Table, *, lineage: Lineage | None = None,
-                **writer_options: int | bool) -> Manifest:
+                **writer_options: int | bool | str) -> Manifest:
     """Write one in-memory table as a committed dataset (tests, small fixtures, benchmarks)."""
     with DatasetWriter(uri, table.schema, **writer_options) as writer:
         writer.write(table)

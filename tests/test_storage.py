@@ -16,6 +16,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+import xxhash
 
 from gristmill.storage.errors import (
     ChecksumMismatchError,
@@ -112,13 +113,22 @@ def test_a_row_larger_than_max_bytes_gets_a_shard_of_its_own(tmp_path: Path) -> 
 # --- writer: manifest -------------------------------------------------------------------------
 
 
-def test_manifest_sha256_and_bytes_match_the_files(written: tuple[Path, pa.Table]) -> None:
+def test_manifest_checksums_and_bytes_match_the_files(written: tuple[Path, pa.Table]) -> None:
     folder, _ = written
     manifest = Dataset.open(str(folder)).manifest
     for shard in manifest.shards:
         data = (folder / shard.file).read_bytes()
-        assert shard.sha256 == hashlib.sha256(data).hexdigest()
+        assert shard.checksum == "xxh3_128:" + xxhash.xxh3_128(data).hexdigest()
         assert shard.bytes == len(data)
+
+
+def test_sha256_checksums_are_available_and_verified(tmp_path: Path) -> None:
+    table = pa.table({"id": [str(i) for i in range(100)]})
+    manifest = write_table(str(tmp_path / "ds"), table, max_rows=40, checksum="sha256")
+    for shard in manifest.shards:
+        data = (tmp_path / "ds" / shard.file).read_bytes()
+        assert shard.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
+    Dataset.open(str(tmp_path / "ds"), verify=True)
 
 
 def test_manifest_totals_add_up(written: tuple[Path, pa.Table]) -> None:

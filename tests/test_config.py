@@ -1,0 +1,45 @@
+"""Config loading: YAML plus key.path=value overrides into frozen pydantic models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gristmill.config import ConfigError, load_config
+from gristmill.flows.curate import CurateParams
+
+
+def test_yaml_and_overrides_build_nested_models(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("sources: [brown]\ntext_filter:\n  min_words: 10\n")
+    params = load_config(CurateParams, path, ["text_filter.languages=[en, de]",
+                                               "runtime.ray.num_cpus=2"])
+    assert params.sources == ["brown"]
+    assert params.text_filter.min_words == 10
+    assert params.text_filter.languages == ["en", "de"]
+    assert params.runtime.ray.num_cpus == 2
+
+
+def test_configs_are_immutable_and_with_returns_a_validated_copy() -> None:
+    params = CurateParams()
+    changed = params.text_filter.with_(min_words=5)
+    assert changed.min_words == 5 and params.text_filter.min_words == 50
+    with pytest.raises(ValueError):
+        params.text_filter.with_(min_words=-1)
+
+
+@pytest.mark.parametrize("override", ["no_equals_sign", "=value"])
+def test_malformed_overrides_are_refused(override: str) -> None:
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
+        load_config(CurateParams, None, [override])
+
+
+def test_unknown_keys_are_refused_so_typos_do_not_pass_silently() -> None:
+    with pytest.raises(ConfigError, match="min_wrods"):
+        load_config(CurateParams, None, ["text_filter.min_wrods=3"])
+
+
+def test_the_shipped_demo_config_validates() -> None:
+    params = load_config(CurateParams, Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert params.sources == ["brown", "spam_assassin"]
