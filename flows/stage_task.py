@@ -7,6 +7,7 @@ refreshes its cache instead of reading it, so a cache hit never points at missin
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from prefect import task
@@ -18,10 +19,18 @@ from gristmill.config import RuntimeConfig
 from gristmill.flows.report import stage_report
 from gristmill.stages.base import MapStage, StageConfig, StageInput
 from gristmill.stages.runner import StageResult, committed_with_key, run_stage, stage_cache_key
+from gristmill.storage.fs import resolve
+
+
+def _prefect_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
+                 output: str, runtime: RuntimeConfig) -> str:
+    """The runner's key for this output: one cached result per (work, output folder)."""
+    key = stage_cache_key(stage_cls, config, source, runtime.storage)
+    return hashlib.sha256(f"{key}\n{resolve(output).uri()}".encode()).hexdigest()
 
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return stage_cache_key(parameters["stage_cls"], parameters["config"], parameters["source"])
+    return _prefect_key(**parameters)
 
 
 @task(name="run-stage", cache_key_fn=_cache_key, persist_result=True, retries=1,
@@ -38,6 +47,6 @@ def run_stage_task(stage_cls: type[MapStage], config: StageConfig, source: Stage
 def run_stage_cached(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
                      output: str, runtime: RuntimeConfig) -> StageResult:
     """Run the stage task, trusting Prefect's cache only while the output is still there."""
-    key = stage_cache_key(stage_cls, config, source)
+    key = stage_cache_key(stage_cls, config, source, runtime.storage)
     task = run_stage_task.with_options(refresh_cache=not committed_with_key(output, key))
     return task(stage_cls, config, source, output, runtime)

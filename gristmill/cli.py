@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gristmill.config import ConfigError, RuntimeConfig, load_config
+from gristmill.config import ConfigError, load_config
 from gristmill.sources.errors import SourceError
 from gristmill.stages.base import StageInputError
-from gristmill.stages.ingest import Ingest, IngestConfig, IngestInputError, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestInputError, RawFilesInput
 from gristmill.stages.raw_formats import RawFormat, UnknownFormatError
 from gristmill.stages.runner import StageFailedError, StageResult, run_stage
 from gristmill.storage.errors import DatasetError
@@ -80,11 +80,19 @@ def ingest(
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Turn raw files into a dataset with stable ids; bad records go to rejected/."""
+    """Turn raw files into a dataset with stable ids; bad records go to rejected/.
+
+    Settings come as in `run ingest`: `--set config.promote_fields=[genre]`,
+    `--set runtime.storage.checksum=sha256`. This runs without Prefect.
+    """
+    from gristmill.flows.ingest import IngestParams
+
     try:
-        stage_config = load_config(IngestConfig, config, overrides)
-        source = RawFilesInput.from_args(inputs, fmt=fmt, text_field=text_field)
-        _print_result(run_stage(Ingest, stage_config, source, output, RuntimeConfig()))
+        params = load_config(IngestParams, config, overrides).with_(
+            sources=inputs, output=output, format=fmt, text_field=text_field)
+        source = RawFilesInput.from_args(params.sources, fmt=params.format,
+                                         text_field=params.text_field)
+        _print_result(run_stage(Ingest, params.config, source, params.output, params.runtime))
     except EXPECTED_ERRORS as err:
         _fail(err)
 

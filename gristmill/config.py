@@ -19,7 +19,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class FrozenModel(BaseModel):
-    """Immutable config: `with_()` returns a validated copy instead of mutating."""
+    """A frozen config: fields cannot be reassigned; `with_()` returns a validated copy."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,16 +68,3 @@ def _configure_ray_data() -> None:
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True
     context.print_on_execution_start = False
-
-
-@contextmanager
-def ray_session(config: RayConfig | None = None) -> Iterator[None]:
-    """Run a block inside Ray; shut it down afterwards only if this block started it."""
-    import ray
-
-    started = ensure_ray(config)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()

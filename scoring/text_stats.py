@@ -38,31 +38,27 @@ class NgramIndex:
     """Word ids and lengths of one text, for repeated n-gram queries."""
 
     def __init__(self, tokens: list[str]) -> None:
-        words = np.array(tokens, dtype=str)
-        _, ids = np.unique(words, return_inverse=True)
-        self.ids = ids.astype(np.uint64).reshape(-1)
-        self.lengths = np.char.str_len(words).astype(np.int64).reshape(-1)
+        vocabulary: dict[str, int] = {}
+        self.ids = np.array([vocabulary.setdefault(t, len(vocabulary)) for t in tokens],
+                            dtype=np.uint64)
+        self.lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         self.total_chars = int(self.lengths.sum())
 
-    @property
-    def mean_word_length(self) -> float:
-        return self.total_chars / len(self.ids) if len(self.ids) else 0.0
-
-    def _counts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(count of each window's n-gram, per window), windows in text order."""
+    def _counts(self, n: int) -> np.ndarray:
+        """How often each window's n-gram occurs in the text, per window in text order."""
         windows = len(self.ids) - n + 1
         hashes = np.zeros(windows, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for k in range(n):
                 hashes = hashes * _HASH_BASE + self.ids[k:k + windows] + np.uint64(1)
         _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-        return counts[inverse], hashes
+        return counts[inverse]
 
     def top_ngram_char_fraction(self, n: int) -> float:
         """Share of word characters covered by the most frequent n-gram's occurrences."""
         if len(self.ids) < n or self.total_chars == 0:
             return 0.0
-        per_window, _ = self._counts(n)
+        per_window = self._counts(n)
         best = int(np.argmax(per_window))
         if per_window[best] < 2:
             return 0.0
@@ -73,7 +69,7 @@ class NgramIndex:
         """Share of word characters inside n-grams that occur more than once."""
         if len(self.ids) < n or self.total_chars == 0:
             return 0.0
-        per_window, _ = self._counts(n)
+        per_window = self._counts(n)
         starts = (per_window > 1).astype(np.int64)
         covered = np.convolve(starts, np.ones(n, dtype=np.int64))[: len(self.ids)] > 0
         return float(self.lengths[covered].sum() / self.total_chars)

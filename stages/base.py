@@ -7,9 +7,6 @@ kept and rejected rows. Everything about Ray, resume and commits lives in the ru
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
@@ -17,9 +14,8 @@ from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-import gristmill
 from gristmill.config import FrozenModel
-from gristmill.storage.manifest import InputRef, manifest_sha256
+from gristmill.storage.manifest import InputRef, content_sha256
 from gristmill.storage.reader import Dataset
 
 REJECT_COLUMNS = (
@@ -30,7 +26,7 @@ REJECT_COLUMNS = (
 
 
 class Resources(FrozenModel):
-    """What one worker of a stage needs; the runner turns this into a Ray actor pool."""
+    """Where and how wide a stage runs; the runner turns this into a Ray actor pool."""
 
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
@@ -40,7 +36,8 @@ class Resources(FrozenModel):
 
 
 class StageConfig(FrozenModel):
-    """Base of every stage config. `resources` never changes results, so it is not hashed."""
+    """Base of every stage config. `resources` says where a stage runs, not what it computes,
+    so it is left out of the config hash."""
 
     resources: Resources = Resources()
 
@@ -101,7 +98,6 @@ class WorkUnit(BaseModel):
     index: int
     uri: str
     rows: int | None = None
-    meta: dict[str, str] = Field(default_factory=dict)
 
 
 class StageInput(Protocol):
@@ -129,7 +125,7 @@ class DatasetInput:
 
     def refs(self) -> list[InputRef]:
         return [InputRef(uri=self.dataset.uri,
-                         manifest_sha256=manifest_sha256(self.dataset.location))]
+                         content_sha256=content_sha256(self.dataset.manifest))]
 
     def schema(self) -> pa.Schema:
         return self.dataset.schema
@@ -144,7 +140,6 @@ class MapStage(ABC, Generic[ConfigT]):
     """A stage that maps every input batch to kept + rejected rows, one worker at a time."""
 
     name: ClassVar[str]
-    config_model: ClassVar[type[StageConfig]]
     fan_out: ClassVar[bool] = False
     """True when a row may yield several output rows (generation, chunking)."""
 
@@ -165,13 +160,6 @@ class MapStage(ABC, Generic[ConfigT]):
 
     @abstractmethod
     def process(self, batch: pa.Table) -> Split: ...
-
-    @classmethod
-    def code_version(cls) -> str:
-        """Package version plus a hash of the stage's source: code changes invalidate reuse."""
-        source = inspect.getsource(sys.modules[cls.__module__])
-        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-        return f"{gristmill.__version__}+{digest}"
 
 
 def require_columns(schema: pa.Schema, stage: str,

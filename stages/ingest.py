@@ -1,9 +1,10 @@
 """ingest: raw JSONL / Parquet / text / fortune files, or named DATA.md sources, into a dataset.
 
-Each record gets a stable `id` (a 128-bit BLAKE2b of its source name and text), so the id
-survives every later stage. Records that cannot become rows (broken UTF-8, malformed JSON,
-no text field, text that is not a string, empty or oversized text) are rejected with the
-reason and their raw bytes, never dropped.
+Each record gets a stable `id`, a 128-bit BLAKE2b of its text: the same content gets the
+same id wherever and whenever it is ingested, and the id survives every later stage (exact
+duplicates therefore share an id, which is what an exact-dedup step keys on). Records that
+cannot become rows (broken UTF-8, malformed JSON, no text field, text that is not a string,
+empty or oversized text) are rejected with the reason and their raw bytes, never dropped.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from gristmill.stages.base import MapStage, Split, StageConfig, WorkUnit, attach_reasons
 from gristmill.stages.raw_formats import RawFormat, guess_format, iter_records
-from gristmill.storage.manifest import InputRef
+from gristmill.storage.manifest import InputRef, canonical_json
 
 RAW_SCHEMA = pa.schema([
     pa.field("locator", pa.string()),
@@ -33,6 +34,9 @@ RAW_SCHEMA = pa.schema([
 ])
 
 
+BASE_COLUMNS = ("id", "text", "source", "meta")
+
+
 class IngestConfig(StageConfig):
     """Knobs for turning raw records into rows."""
 
@@ -41,6 +45,15 @@ class IngestConfig(StageConfig):
     promote_fields: list[str] = Field(
         default_factory=list,
         description="Metadata keys copied into their own string columns (e.g. genre, label)")
+
+    @field_validator("promote_fields")
+    @classmethod
+    def _distinct_and_free(cls, fields: list[str]) -> list[str]:
+        taken = [f for f in fields if f in BASE_COLUMNS]
+        if taken or len(set(fields)) != len(fields):
+            raise ValueError(f"promote_fields must be distinct and avoid {list(BASE_COLUMNS)}; "
+                             f"got {fields}")
+        return fields
 
 
 class RawFile(BaseModel):
@@ -57,13 +70,14 @@ class IngestInputError(ValueError):
     """A source argument that names no file, folder, glob or known source."""
 
 
-def row_id(source: str, text: str) -> str:
-    return hashlib.blake2b(f"{source}\x00{text}".encode(), digest_size=16).hexdigest()
+def row_id(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+def _raw_file_sha256(raw: RawFile) -> str:
+    """Pins a raw file: its bytes and how it is read (format, text field, source, metadata)."""
+    digest = hashlib.sha256(canonical_json(raw.model_dump(exclude={"path"})).encode())
+    with open(raw.path, "rb") as handle:
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
@@ -91,9 +105,9 @@ class RawFilesInput:
         return [WorkUnit(index=i, uri=f.path) for i, f in enumerate(self.files)]
 
     def refs(self) -> list[InputRef]:
-        """Raw files are pinned by a sha256 of their bytes (computed once per input)."""
+        """Raw files are pinned by a sha256 of their bytes and reading options (once)."""
         if self._refs is None:
-            self._refs = [InputRef(uri=f.path, manifest_sha256=_file_sha256(f.path))
+            self._refs = [InputRef(uri=f.path, content_sha256=_raw_file_sha256(f))
                           for f in self.files]
         return self._refs
 
@@ -170,23 +184,18 @@ def _decode(payload: bytes, kind: str, text_field: str,
 
 class Ingest(MapStage[IngestConfig]):
     name: ClassVar[str] = "ingest"
-    config_model: ClassVar[type[StageConfig]] = IngestConfig
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         promoted = [pa.field(name, pa.string()) for name in self.config.promote_fields]
-        return pa.schema([
-            pa.field("id", pa.string()), pa.field("text", pa.string()),
-            pa.field("source", pa.string()), pa.field("meta", pa.string()), *promoted,
-        ])
+        return pa.schema([*(pa.field(name, pa.string()) for name in BASE_COLUMNS), *promoted])
 
     def process(self, batch: pa.Table) -> Split:
         columns = {name: batch.column(name).to_pylist() for name in RAW_SCHEMA.names}
         kept: dict[str, list[Any]] = {f.name: [] for f in self.output_schema(RAW_SCHEMA)}
         dropped, reasons, details = [], [], []
-        meta_cache: dict[str, dict[str, Any]] = {}
+        file_metas = {text: json.loads(text) for text in set(columns["file_meta"])}
         for i, payload in enumerate(columns["payload"]):
-            file_meta = meta_cache.setdefault(columns["file_meta"][i],
-                                              json.loads(columns["file_meta"][i]))
+            file_meta = file_metas[columns["file_meta"][i]]
             text, meta, reason, detail = _decode(payload, columns["payload_kind"][i],
                                                  columns["text_field"][i], file_meta)
             if not reason:
@@ -197,7 +206,7 @@ class Ingest(MapStage[IngestConfig]):
                 details.append(detail)
                 continue
             source = columns["source"][i]
-            kept["id"].append(row_id(source, text))
+            kept["id"].append(row_id(text))
             kept["text"].append(text)
             kept["source"].append(source)
             kept["meta"].append(json.dumps(meta, sort_keys=True, default=str))

@@ -13,6 +13,7 @@ hashes, code version) matches is reused as it is.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 import traceback
 from collections import Counter
@@ -20,21 +21,29 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.runtime import ensure_ray
-from gristmill.stages.base import MapStage, StageConfig, StageContractError, StageInput, WorkUnit
+from gristmill.stages.base import (
+    MapStage,
+    StageConfig,
+    StageContractError,
+    StageInput,
+    StageInputError,
+    WorkUnit,
+)
+from gristmill.stages.code_version import code_version
 from gristmill.storage.fs import (
     Location,
     read_bytes,
-    remove_file,
     remove_tree,
     resolve,
     write_bytes_atomic,
 )
 from gristmill.storage.manifest import (
+    PROGRESS_DIR,
     REJECTED_DIR,
     InputRef,
     Lineage,
@@ -44,9 +53,13 @@ from gristmill.storage.manifest import (
     is_committed,
     load_manifest,
 )
-from gristmill.storage.writer import SHARD_SUFFIX, ShardSetWriter, commit_dataset, prepare_output
+from gristmill.storage.writer import (
+    ShardSetWriter,
+    commit_dataset,
+    prepare_output,
+    remove_unlisted_shards,
+)
 
-PROGRESS_DIR = "_progress"
 PLAN_FILE = "plan.json"
 
 
@@ -80,19 +93,28 @@ class StageResult(BaseModel):
     wall_seconds: float
 
 
-def cache_key(stage: str, config: StageConfig, refs: list[InputRef], code_version: str) -> str:
+def stage_code_version(stage_cls: type[MapStage]) -> str:
+    """The stage's module, this runner, and every gristmill module either reaches."""
+    return code_version(sys.modules[stage_cls.__module__], sys.modules[__name__])
+
+
+def cache_key(stage: str, config: StageConfig, refs: list[InputRef], code: str,
+              storage: StorageConfig) -> str:
     payload = canonical_json({
         "stage": stage,
         "config": config.hash_payload(),
-        "inputs": [r.manifest_sha256 for r in refs],
-        "code": code_version,
+        "inputs": [r.content_sha256 for r in refs],
+        "code": code,
+        "storage": storage.model_dump(mode="json", exclude={"verify_inputs"}),
     })
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput) -> str:
+def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
+                    storage: StorageConfig) -> str:
     """The key a committed output must carry to be reused for this run."""
-    return cache_key(stage_cls.name, config, source.refs(), stage_cls.code_version())
+    return cache_key(stage_cls.name, config, source.refs(), stage_code_version(stage_cls),
+                     storage)
 
 
 def committed_with_key(output: str, key: str) -> bool:
@@ -157,7 +179,12 @@ class UnitWorker:
                  out: Location, schemas: tuple[pa.Schema, pa.Schema],
                  storage: StorageConfig) -> None:
         self.stage = stage_cls(config)
-        self.stage.setup()
+        self.setup_error: str | None = None
+        try:
+            self.stage.setup()
+        except Exception as err:
+            self.setup_error = (f"{stage_cls.name} setup failed: {type(err).__name__}: {err}\n"
+                                + traceback.format_exc(limit=4))
         self.source = source
         self.out = out
         self.schemas = schemas
@@ -167,6 +194,10 @@ class UnitWorker:
         records, errors = [], []
         for text in batch.column("unit").to_pylist():
             unit = WorkUnit.model_validate_json(text)
+            if self.setup_error is not None:
+                records.append(None)
+                errors.append(self.setup_error)
+                continue
             try:
                 record = process_unit(self.stage, self.source, unit, self.out, self.schemas,
                                       self.storage)
@@ -184,9 +215,13 @@ def _pool_size(stage: MapStage, pending: int) -> int:
     import ray
 
     resources = stage.config.resources
+    cluster = ray.cluster_resources()
+    if resources.num_gpus > cluster.get("GPU", 0):
+        raise StageInputError(f"{stage.name} asks for {resources.num_gpus} GPU per worker; the "
+                              f"Ray cluster has {cluster.get('GPU', 0)}: set "
+                              "resources.num_gpus=0 or join a cluster with GPUs")
     if resources.concurrency is not None:
         return min(resources.concurrency, pending)
-    cluster = ray.cluster_resources()
     if resources.num_gpus > 0:
         fit = int(cluster.get("GPU", 0) // resources.num_gpus)
     else:
@@ -233,8 +268,11 @@ def _load_records(out: Location, key: str) -> dict[int, UnitRecord]:
     selector = pafs.FileSelector(out.join(PROGRESS_DIR).path)
     for info in out.fs.get_file_info(selector):
         if info.base_name.startswith("unit-") and info.base_name.endswith(".json"):
-            record = UnitRecord.model_validate_json(read_bytes(out.join(PROGRESS_DIR,
-                                                                        info.base_name)))
+            try:
+                record = UnitRecord.model_validate_json(
+                    read_bytes(out.join(PROGRESS_DIR, info.base_name)))
+            except ValidationError:
+                continue
             records[record.index] = record
     _remove_unrecorded_shards(out, records)
     return records
@@ -242,13 +280,21 @@ def _load_records(out: Location, key: str) -> dict[int, UnitRecord]:
 
 def _remove_unrecorded_shards(out: Location, records: dict[int, UnitRecord]) -> None:
     """Delete the shards an interrupted unit left behind, so rerunning it cannot duplicate."""
-    for folder, attr in ((out, "kept"), (out.join(REJECTED_DIR), "rejected")):
-        if not folder.exists():
+    remove_unlisted_shards(out, {s.file for r in records.values() for s in r.kept})
+    remove_unlisted_shards(out.join(REJECTED_DIR),
+                           {s.file for r in records.values() for s in r.rejected})
+
+
+def _check_disjoint(out: Location, refs: list[InputRef]) -> None:
+    """Refuse an output that is, holds, or sits inside an input: clearing it would eat it."""
+    for ref in refs:
+        source = resolve(ref.uri)
+        if type(source.fs) is not type(out.fs):
             continue
-        listed = {s.file for r in records.values() for s in getattr(r, attr)}
-        for info in folder.fs.get_file_info(pafs.FileSelector(folder.path)):
-            if info.base_name.endswith(SHARD_SUFFIX) and info.base_name not in listed:
-                remove_file(folder.join(info.base_name))
+        a, b = source.path.rstrip("/"), out.path.rstrip("/")
+        if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+            raise StageInputError(f"output {out.uri()} overlaps input {ref.uri}; "
+                                  "write to a separate folder")
 
 
 def _stats(records: list[UnitRecord], reused: int) -> StageStats:
@@ -283,9 +329,10 @@ def run_stage(
     stage.check_input(input_schema)
     schemas = (stage.output_schema(input_schema), stage.rejected_schema(input_schema))
     refs = source.refs()
-    code_version = stage_cls.code_version()
-    key = cache_key(stage.name, config, refs, code_version)
+    code = stage_code_version(stage_cls)
+    key = cache_key(stage.name, config, refs, code, runtime.storage)
     out = resolve(output)
+    _check_disjoint(out, refs)
 
     if is_committed(out):
         manifest = load_manifest(out)
@@ -321,7 +368,7 @@ def run_stage(
                                  f"{stats.rows_out} + rows_rejected {stats.rows_rejected}")
     lineage = Lineage(
         stage=stage.name, config=config.model_dump(mode="json"), config_hash=config_hash(config),
-        inputs=refs, code_version=code_version, cache_key=key, flow_run_id=flow_run_id,
+        inputs=refs, code_version=code, cache_key=key, flow_run_id=flow_run_id,
         started=started, finished=datetime.now(UTC),
     )
     commit_dataset(

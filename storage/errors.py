@@ -9,6 +9,10 @@ class NotADatasetError(DatasetError):
     """The folder has no manifest.json: it was never committed, or is not a gristmill dataset."""
 
 
+class UnreadableManifestError(DatasetError):
+    """manifest.json exists but is damaged or of a format version this code cannot read."""
+
+
 class CorruptShardError(DatasetError):
     """A shard is truncated, unreadable, or disagrees with its manifest entry."""
 

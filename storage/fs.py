@@ -62,8 +62,8 @@ def resolve(uri: str | os.PathLike[str] | Location) -> Location:
 def write_bytes_atomic(loc: Location, data: bytes) -> None:
     """Write a file so readers see either the old content or all of the new.
 
-    Local: temp file, fsync, rename. Object stores make a single put atomic already;
-    other filesystems get temp-then-move, the best they offer.
+    Local: temp file, fsync, rename. Elsewhere: temp file, then the filesystem's move
+    (a rename where it has one; on object stores a copy whose final put is atomic).
     """
     parent = posixpath.dirname(loc.path)
     loc.fs.create_dir(parent, recursive=True)

@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from gristmill.storage.errors import NotADatasetError
+from gristmill.storage.errors import NotADatasetError, UnreadableManifestError
 from gristmill.storage.fs import Location, read_bytes, write_bytes_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REJECTED_DIR = "rejected"
+PROGRESS_DIR = "_progress"
 
 
 class ShardInfo(BaseModel):
@@ -33,10 +34,15 @@ class ShardInfo(BaseModel):
 
 
 class InputRef(BaseModel):
-    """A dataset or raw source that a stage read, pinned by the hash of its manifest/content."""
+    """A dataset or raw file a stage read, pinned by a hash of what it holds.
+
+    For a dataset: its schema and shard checksums (`content_sha256`), so recomputing the
+    same data elsewhere or at another time does not invalidate what was built on it. For a
+    raw file: its bytes plus how it was read (format, text field, source name).
+    """
 
     uri: str
-    manifest_sha256: str
+    content_sha256: str
 
 
 class Lineage(BaseModel):
@@ -132,12 +138,25 @@ def load_manifest(dataset: Location) -> Manifest:
             f"{dataset.uri()} has no {MANIFEST_NAME}: it is not a committed gristmill dataset "
             "(the run that wrote it did not finish, or the path is wrong)"
         )
-    return Manifest.model_validate_json(read_bytes(loc))
+    try:
+        manifest = Manifest.model_validate_json(read_bytes(loc))
+    except ValidationError as err:
+        raise UnreadableManifestError(
+            f"{loc.uri()} is not a gristmill manifest this version can read "
+            f"(damaged, or written by another format version): {err.errors()[0]['msg']} "
+            f"at {'.'.join(str(p) for p in err.errors()[0]['loc'])}") from err
+    if manifest.format_version > FORMAT_VERSION:
+        raise UnreadableManifestError(
+            f"{loc.uri()} has format version {manifest.format_version}; this gristmill reads "
+            f"up to {FORMAT_VERSION}: upgrade gristmill")
+    return manifest
 
 
-def manifest_sha256(dataset: Location) -> str:
-    """Hash of the committed manifest bytes: pins an input's exact content for lineage."""
-    return hashlib.sha256(read_bytes(manifest_location(dataset))).hexdigest()
+def content_sha256(manifest: Manifest) -> str:
+    """What a dataset holds (schema and shard checksums), not when or by whom it was made."""
+    payload = canonical_json({"schema": manifest.arrow_schema,
+                              "shards": [(s.rows, s.checksum) for s in manifest.shards]})
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def commit_manifest(dataset: Location, manifest: Manifest) -> None:

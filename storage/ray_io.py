@@ -17,7 +17,7 @@ from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
 
 from gristmill.storage.checksum import DEFAULT_CHECKSUM, ChecksumAlgorithm
 from gristmill.storage.errors import SchemaMismatchError
-from gristmill.storage.fs import Location, remove_file, remove_tree, resolve
+from gristmill.storage.fs import Location, remove_tree, resolve
 from gristmill.storage.manifest import (
     Lineage,
     Manifest,
@@ -26,21 +26,21 @@ from gristmill.storage.manifest import (
     encode_schema,
     load_manifest,
 )
-from gristmill.storage.reader import Dataset
+from gristmill.storage.reader import Dataset, read_shard_file
 from gristmill.storage.writer import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
-    SHARD_SUFFIX,
     ShardSetWriter,
     commit_dataset,
     conform,
     prepare_output,
+    remove_unlisted_shards,
 )
 
 
-def _read_shard(dataset: Dataset, index: int, columns: list[str] | None,
-                verify: bool) -> list[pa.Table]:
-    return [dataset.read_shard(index, columns=columns, verify=verify)]
+def _read_shard(loc: Location, shard: ShardInfo, schema: pa.Schema,
+                columns: list[str] | None, verify: bool) -> list[pa.Table]:
+    return [read_shard_file(loc, shard, schema, columns=columns, verify=verify)]
 
 
 class ShardDatasource(Datasource):
@@ -64,8 +64,8 @@ class ShardDatasource(Datasource):
                 num_rows=shard.rows, size_bytes=shard.bytes, exec_stats=None,
                 input_files=[self.dataset.shard_location(index).uri()],
             )
-            read = functools.partial(_read_shard, self.dataset, index, self.columns,
-                                     self.verify)
+            read = functools.partial(_read_shard, self.dataset.shard_location(index), shard,
+                                     self.dataset.schema, self.columns, self.verify)
             tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -88,16 +88,17 @@ class ShardDatasink(Datasink[dict]):
     """Each write task writes its own shards; `on_write_complete` commits one manifest."""
 
     def __init__(self, out: Location, *, max_rows: int, max_bytes: int,
-                 checksum: ChecksumAlgorithm, lineage: Lineage | None) -> None:
+                 checksum: ChecksumAlgorithm, schema: pa.Schema | None,
+                 lineage: Lineage | None) -> None:
         self.out = out
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.checksum = checksum
         self.lineage = lineage
-        self.schema: pa.Schema | None = None
+        self.schema = schema
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        if isinstance(schema, pa.Schema):
+        if self.schema is None and isinstance(schema, pa.Schema):
             self.schema = schema
 
     def write(self, blocks: Iterable[Block], ctx: object) -> dict:
@@ -124,7 +125,7 @@ class ShardDatasink(Datasink[dict]):
         schema = self.schema or (decode_schema(schemas.pop()) if schemas else pa.schema([]))
         shards = sorted((ShardInfo(**s) for part in parts for s in part["shards"]),
                         key=lambda s: s.file)
-        _remove_unlisted_shards(self.out, {s.file for s in shards})
+        remove_unlisted_shards(self.out, {s.file for s in shards})
         commit_dataset(self.out, schema, shards, lineage=self.lineage)
 
     def on_write_failed(self, error: Exception) -> None:
@@ -134,13 +135,6 @@ class ShardDatasink(Datasink[dict]):
         return "GristmillShards"
 
 
-def _remove_unlisted_shards(out: Location, listed: set[str]) -> None:
-    """Drop shard files a retried write task left behind, before they could be confused."""
-    for info in out.fs.get_file_info(pa.fs.FileSelector(out.path)):
-        if info.base_name.endswith(SHARD_SUFFIX) and info.base_name not in listed:
-            remove_file(out.join(info.base_name))
-
-
 def write_ray(
     ds: ray.data.Dataset,
     uri: str | Location,
@@ -148,13 +142,18 @@ def write_ray(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     checksum: ChecksumAlgorithm = DEFAULT_CHECKSUM,
+    schema: pa.Schema | None = None,
     lineage: Lineage | None = None,
     overwrite: bool = False,
 ) -> Manifest:
-    """Write a Ray Dataset from all its workers as one committed gristmill dataset."""
+    """Write a Ray Dataset from all its workers as one committed gristmill dataset.
+
+    Pass `schema` when blocks may differ (an all-null block infers a null column): every
+    block is then cast to it, and a block that cannot be is a SchemaMismatchError.
+    """
     out = resolve(uri)
     prepare_output(out, overwrite=overwrite)
     sink = ShardDatasink(out, max_rows=max_rows, max_bytes=max_bytes, checksum=checksum,
-                         lineage=lineage)
+                         schema=schema, lineage=lineage)
     ds.write_datasink(sink)
     return load_manifest(out)

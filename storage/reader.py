@@ -62,30 +62,13 @@ class Dataset:
     def read_shard(self, index: int, *, verify: bool = False,
                    columns: list[str] | None = None) -> pa.Table:
         """Read one whole shard; a truncated or unreadable file raises CorruptShardError."""
-        batches = list(self.iter_shard_batches(index, verify=verify, columns=columns))
-        schema = self.schema if columns is None else pa.schema(
-            [self.schema.field(c) for c in columns])
-        return pa.Table.from_batches(batches, schema=schema)
+        return read_shard_file(self.shard_location(index), self.shards[index], self.schema,
+                               verify=verify, columns=columns)
 
     def iter_shard_batches(self, index: int, *, verify: bool = False,
                            columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        shard = self.shards[index]
-        loc = self.shard_location(index)
-        self._check_size(loc, shard)
-        if verify:
-            self._check_checksum(loc, shard)
-        rows = 0
-        try:
-            with _open_stream(loc) as source:
-                reader = pa.ipc.open_stream(source)
-                for batch in reader:
-                    rows += batch.num_rows
-                    yield batch.select(columns) if columns is not None else batch
-        except (pa.ArrowInvalid, OSError) as err:
-            raise CorruptShardError(f"shard {loc.uri()} cannot be read: {err}") from err
-        if rows != shard.rows:
-            raise CorruptShardError(f"shard {loc.uri()} holds {rows} rows, "
-                                    f"the manifest says {shard.rows}")
+        return iter_shard_file(self.shard_location(index), self.shards[index],
+                               verify=verify, columns=columns)
 
     def iter_batches(self, *, verify: bool = False,
                      columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -102,8 +85,8 @@ class Dataset:
         """Check every shard's size and checksum against the manifest."""
         for index, shard in enumerate(self.shards):
             loc = self.shard_location(index)
-            self._check_size(loc, shard)
-            self._check_checksum(loc, shard)
+            _check_size(loc, shard)
+            _check_checksum(loc, shard)
 
     @cached_property
     def rejected(self) -> Dataset | None:
@@ -125,21 +108,48 @@ class Dataset:
             current = _first_dataset_input(lineage)
         return chain
 
-    @staticmethod
-    def _check_size(loc: Location, shard: ShardInfo) -> None:
-        info = loc.fs.get_file_info(loc.path)
-        if info.type == pafs.FileType.NotFound:
-            raise CorruptShardError(f"shard {loc.uri()} is listed in the manifest but missing")
-        if info.size != shard.bytes:
-            raise CorruptShardError(f"shard {loc.uri()} is {info.size} bytes on disk, the "
-                                    f"manifest says {shard.bytes} (truncated or overwritten)")
 
-    @staticmethod
-    def _check_checksum(loc: Location, shard: ShardInfo) -> None:
-        actual = file_checksum(loc, algorithm_of(shard.checksum))
-        if actual != shard.checksum:
-            raise ChecksumMismatchError(f"shard {loc.uri()} has checksum {actual}, "
-                                        f"the manifest says {shard.checksum}")
+def _check_size(loc: Location, shard: ShardInfo) -> None:
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        raise CorruptShardError(f"shard {loc.uri()} is listed in the manifest but missing")
+    if info.size != shard.bytes:
+        raise CorruptShardError(f"shard {loc.uri()} is {info.size} bytes on disk, the "
+                                f"manifest says {shard.bytes} (truncated or overwritten)")
+
+
+def _check_checksum(loc: Location, shard: ShardInfo) -> None:
+    actual = file_checksum(loc, algorithm_of(shard.checksum))
+    if actual != shard.checksum:
+        raise ChecksumMismatchError(f"shard {loc.uri()} has checksum {actual}, "
+                                    f"the manifest says {shard.checksum}")
+
+
+def iter_shard_file(loc: Location, shard: ShardInfo, *, verify: bool = False,
+                    columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The batches of one shard file, checked against its manifest entry as they are read."""
+    _check_size(loc, shard)
+    if verify:
+        _check_checksum(loc, shard)
+    rows = 0
+    try:
+        with _open_stream(loc) as source:
+            for batch in pa.ipc.open_stream(source):
+                rows += batch.num_rows
+                yield batch.select(columns) if columns is not None else batch
+    except (pa.ArrowInvalid, OSError) as err:
+        raise CorruptShardError(f"shard {loc.uri()} cannot be read: {err}") from err
+    if rows != shard.rows:
+        raise CorruptShardError(f"shard {loc.uri()} holds {rows} rows, "
+                                f"the manifest says {shard.rows}")
+
+
+def read_shard_file(loc: Location, shard: ShardInfo, schema: pa.Schema, *,
+                    verify: bool = False, columns: list[str] | None = None) -> pa.Table:
+    batches = list(iter_shard_file(loc, shard, verify=verify, columns=columns))
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def _open_stream(loc: Location) -> pa.NativeFile:
@@ -156,7 +166,3 @@ def _first_dataset_input(lineage: Lineage | None) -> Dataset | None:
         if is_committed(loc):
             return Dataset.open(loc)
     return None
-
-
-def open_dataset(uri: str | Location, *, verify: bool = False) -> Dataset:
-    return Dataset.open(uri, verify=verify)

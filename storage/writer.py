@@ -8,6 +8,7 @@ read is needed. `DatasetWriter` pairs a kept and a rejected shard set and commit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -24,6 +25,7 @@ from gristmill.storage.errors import DatasetExistsError, SchemaMismatchError
 from gristmill.storage.fs import Location, remove_file, remove_tree, resolve
 from gristmill.storage.manifest import (
     MANIFEST_NAME,
+    PROGRESS_DIR,
     REJECTED_DIR,
     Lineage,
     Manifest,
@@ -37,6 +39,8 @@ from gristmill.storage.manifest import (
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SHARD_SUFFIX = ".arrow"
+_SHARD_NAME = re.compile(r"part(-\d{5})+\.arrow")
+_TEMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}")
 
 
 class _HashingSink:
@@ -196,14 +200,34 @@ class ShardSetWriter:
         self._sink = None
 
 
-def _holds_only_gristmill_files(out: Location) -> bool:
-    """True for a folder that a gristmill writer made (or an empty one): safe to clear."""
-    owned = {MANIFEST_NAME, REJECTED_DIR, "_progress"}
-    for info in out.fs.get_file_info(pafs.FileSelector(out.path)):
-        name = info.base_name
-        if name not in owned and not name.endswith(SHARD_SUFFIX) and ".tmp-" not in name:
-            return False
+def _is_gristmill_folder(out: Location, *, need_marker: bool = True) -> bool:
+    """True for a folder a gristmill writer made (or an empty one): safe to clear.
+
+    It must hold a manifest or a run's progress folder, and nothing but shards named like
+    ours, temp files of atomic writes, and a rejected/ folder of the same kind.
+    """
+    entries = out.fs.get_file_info(pafs.FileSelector(out.path))
+    names = {entry.base_name for entry in entries}
+    if entries and need_marker and not names & {MANIFEST_NAME, PROGRESS_DIR}:
+        return False
+    for entry in entries:
+        name = entry.base_name
+        if name in (MANIFEST_NAME, PROGRESS_DIR) or _SHARD_NAME.fullmatch(name) \
+                or _TEMP_NAME.fullmatch(name):
+            continue
+        if name == REJECTED_DIR and _is_gristmill_folder(out.join(name), need_marker=False):
+            continue
+        return False
     return True
+
+
+def remove_unlisted_shards(folder: Location, listed: set[str]) -> None:
+    """Delete shard files no record lists (left by a killed unit or a retried task)."""
+    if not folder.exists():
+        return
+    for info in folder.fs.get_file_info(pafs.FileSelector(folder.path)):
+        if _SHARD_NAME.fullmatch(info.base_name) and info.base_name not in listed:
+            remove_file(folder.join(info.base_name))
 
 
 def prepare_output(out: Location, *, overwrite: bool) -> None:
@@ -211,7 +235,7 @@ def prepare_output(out: Location, *, overwrite: bool) -> None:
 
     A folder holding anything a gristmill writer would not have made is never cleared.
     """
-    if out.exists() and not _holds_only_gristmill_files(out):
+    if out.exists() and not _is_gristmill_folder(out):
         raise DatasetExistsError(f"{out.uri()} exists and holds files that are not a gristmill "
                                  "dataset; choose an empty or new output folder")
     if is_committed(out):

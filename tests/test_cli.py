@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from gristmill.cli import app
 from gristmill.storage.manifest import InputRef, Lineage
+from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ def test_inspect_shows_counts_schema_samples_and_lineage(tmp_path: Path) -> None
     second = tmp_path / "second"
     write_table(str(second), pa.table({"id": ["a"], "text": ["kept row text"]}),
                 lineage=Lineage(stage="text_filter",
-                                inputs=[InputRef(uri=str(first), manifest_sha256="x")]))
+                                inputs=[InputRef(uri=str(first), content_sha256="x")]))
     result = runner.invoke(app, ["inspect", str(second), "--verify"])
     assert result.exit_code == 0, result.output
     assert "1 rows in 1 shards" in flat(result.output)
@@ -63,7 +64,11 @@ def test_ingest_command_writes_a_dataset_and_reports_rejects(tmp_path: Path) -> 
     raw = tmp_path / "raw.jsonl"
     raw.write_text(json.dumps({"text": "hello", "lang": "en"}) + "\n{broken\n")
     result = runner.invoke(app, ["ingest", str(raw), "-o", str(tmp_path / "out"),
-                                 "--set", "promote_fields=[lang]"])
+                                 "--set", "config.promote_fields=[lang]",
+                                 "--set", "runtime.storage.checksum=sha256"])
     assert result.exit_code == 0, result.output
     assert "in 2 out 1 rejected 1" in flat(result.output)
     assert "malformed_json" in result.output
+    manifest = Dataset.open(str(tmp_path / "out")).manifest
+    assert manifest.schema.names[-1] == "lang"
+    assert manifest.shards[0].checksum.startswith("sha256:")

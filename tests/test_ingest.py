@@ -70,12 +70,12 @@ def test_oversized_text_is_rejected_not_loaded_downstream() -> None:
     assert "10485760 bytes" in split.rejected.column("reject_detail")[0].as_py()
 
 
-def test_ids_are_stable_content_hashes_of_source_and_text() -> None:
+def test_ids_are_stable_content_hashes_of_the_text() -> None:
     stage = Ingest(IngestConfig())
     first = stage.process(raw_batch([b'{"text": "same"}', b'{"text": "other"}']))
-    again = stage.process(raw_batch([b'{"text": "same"}']))
+    again = stage.process(raw_batch([b'{"text": "same", "elsewhere": true}']))
     ids = first.kept.column("id").to_pylist()
-    assert ids[0] == again.kept.column("id")[0].as_py() == row_id("unit-test", "same")
+    assert ids[0] == again.kept.column("id")[0].as_py() == row_id("same")
     assert ids[0] != ids[1]
     assert len(ids[0]) == 32
 
@@ -87,6 +87,25 @@ def test_metadata_is_kept_as_json_and_promoted_fields_become_columns() -> None:
     row = split.kept.to_pylist()[0]
     assert json.loads(row["meta"]) == {"genre": "news", "n": 3, "lang": "de"}
     assert (row["genre"], row["lang"], row["missing"]) == ("news", "de", None)
+
+
+def test_promoted_fields_cannot_shadow_the_base_columns() -> None:
+    with pytest.raises(ValueError, match="promote_fields must be distinct"):
+        IngestConfig(promote_fields=["text"])
+    with pytest.raises(ValueError, match="promote_fields must be distinct"):
+        IngestConfig(promote_fields=["genre", "genre"])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_reading_options_are_part_of_the_cache_key(tmp_path: Path) -> None:
+    raw = tmp_path / "mail.jsonl"
+    raw.write_text('{"body": "hello there"}\n')
+    out = str(tmp_path / "out")
+    first = run_stage(Ingest, IngestConfig(), RawFilesInput.from_args([str(raw)]), out, QUIET)
+    assert first.stats.reject_reasons == {"missing_text": 1}
+    second = run_stage(Ingest, IngestConfig(),
+                       RawFilesInput.from_args([str(raw)], text_field="body"), out, QUIET)
+    assert not second.reused and second.stats.rows_out == 1
 
 
 def test_fortune_files_split_on_percent_lines_with_either_line_ending(tmp_path: Path) -> None:

@@ -162,7 +162,6 @@ class LosesRows(MapStage[StageConfig]):
     """A broken stage (a fake, to test the runner's guard): it drops a row silently."""
 
     name = "loses_rows"
-    config_model = StageConfig
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return input_schema
@@ -176,6 +175,37 @@ def test_a_stage_that_loses_rows_is_stopped(tmp_path: Path) -> None:
     write_table(source, pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"]}))
     with pytest.raises(StageFailedError, match="StageContractError"):
         run_stage(LosesRows, StageConfig(), DatasetInput(source), str(tmp_path / "out"), QUIET)
+
+
+def test_a_storage_change_recomputes(brown: str, tmp_path: Path) -> None:
+    out = str(tmp_path / "filtered")
+    run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), out, QUIET)
+    sha = QUIET.with_(storage=QUIET.storage.with_(checksum="sha256"))
+    again = run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), out, sha)
+    assert not again.reused
+    assert Dataset.open(out).shards[0].checksum.startswith("sha256:")
+
+
+def test_an_output_inside_the_input_is_refused(brown: str) -> None:
+    with pytest.raises(StageInputError, match="overlaps input"):
+        run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), brown, QUIET)
+    assert Dataset.open(brown).num_rows == 500
+
+
+class FailsSetup(LosesRows):
+    """A fake whose model load fails, to test that the failure is reported by the runner."""
+
+    name = "fails_setup"
+
+    def setup(self) -> None:
+        raise FileNotFoundError("model weights not found at /models/missing")
+
+
+def test_a_failing_setup_is_a_clear_stage_failure(tmp_path: Path) -> None:
+    source = str(tmp_path / "in")
+    write_table(source, pa.table({"id": ["a"], "text": ["x"]}))
+    with pytest.raises(StageFailedError, match="setup failed: FileNotFoundError: model weights"):
+        run_stage(FailsSetup, StageConfig(), DatasetInput(source), str(tmp_path / "out"), QUIET)
 
 
 def test_wrong_columns_are_refused_before_any_work(tmp_path: Path) -> None:

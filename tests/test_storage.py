@@ -24,9 +24,10 @@ from gristmill.storage.errors import (
     DatasetExistsError,
     NotADatasetError,
     SchemaMismatchError,
+    UnreadableManifestError,
 )
 from gristmill.storage.fs import Location, resolve, write_bytes_atomic
-from gristmill.storage.manifest import InputRef, Lineage, manifest_sha256
+from gristmill.storage.manifest import InputRef, Lineage, content_sha256
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import DatasetWriter, prepare_output, write_table
 
@@ -241,6 +242,33 @@ def test_prepare_output_never_clears_a_folder_with_foreign_files(tmp_path: Path)
     assert (folder / "notes.txt").read_text() == "keep me"
 
 
+def test_prepare_output_never_clears_a_users_own_arrow_files(tmp_path: Path) -> None:
+    folder = tmp_path / "hf-cache"
+    folder.mkdir()
+    (folder / "data-00000-of-00001.arrow").write_bytes(b"someone else's shard")
+    with pytest.raises(DatasetExistsError, match="not a gristmill dataset"):
+        prepare_output(resolve(str(folder)), overwrite=True)
+    assert (folder / "data-00000-of-00001.arrow").exists()
+
+
+def test_a_damaged_manifest_is_a_clear_dataset_error(written: tuple[Path, pa.Table]) -> None:
+    folder, _ = written
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["shards"][0]["checksum"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnreadableManifestError, match=r"manifest\.json is not a gristmill"):
+        Dataset.open(str(folder))
+
+
+def test_a_manifest_from_a_newer_format_is_refused(written: tuple[Path, pa.Table]) -> None:
+    folder, _ = written
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnreadableManifestError, match="format version 99"):
+        Dataset.open(str(folder))
+
+
 def test_an_empty_dataset_commits_its_schema_and_no_shards(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     with DatasetWriter(str(folder), SCHEMA) as writer:
@@ -417,7 +445,7 @@ def test_rejected_is_none_when_no_rows_were_rejected(written: tuple[Path, pa.Tab
 def test_lineage_chain_follows_inputs_back_to_the_source(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     write_table(str(a), make_table(10), lineage=Lineage(stage="ingest"))
-    pinned = InputRef(uri=str(a), manifest_sha256=manifest_sha256(resolve(str(a))))
+    pinned = InputRef(uri=str(a), content_sha256=content_sha256(Dataset.open(str(a)).manifest))
     write_table(str(b), make_table(5), lineage=Lineage(stage="filter", inputs=[pinned]))
     chain = Dataset.open(str(b)).lineage_chain()
     assert [(uri, lineage.stage) for uri, lineage in chain] == [
