@@ -1,13 +1,16 @@
 """Run a map stage over its input with Ray, resumably, and commit kept + rejected rows.
 
 The unit of work is one input shard (or raw file). A Ray actor pool processes units; each
-unit's output shards are written under names derived from the unit index, and only after
-they are closed does the worker write `_progress/unit-NNNNN.json` atomically. A run that is
+unit's output shards are named `part-<generation>-<unit>-<n>.arrow`, and only after they
+are closed does the worker write `_progress/unit-NNNNN.json` atomically. A run that is
 killed therefore resumes by skipping recorded units and deleting unrecorded files: no
-finished unit is redone and no row is written twice. The manifest is committed last.
+finished unit is redone and no row is written twice.
 
-Before any work, a committed output whose cache key (stage, config hash, input manifest
-hashes, code version) matches is reused as it is.
+Before any work, a committed output whose cache key (stage, config hash, input content
+hashes, code version, storage settings) matches is reused as it is. Otherwise the new run
+writes a new generation of shards beside the committed one, and replacing the manifest (an
+atomic rename) switches readers over: until then, and if the run fails, the previous
+output stays readable. The old generation's shards are deleted after the switch.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from gristmill.stages.base import (
     WorkUnit,
 )
 from gristmill.stages.code_version import code_version
+from gristmill.storage.errors import UnreadableManifestError
 from gristmill.storage.fs import (
     Location,
     read_bytes,
@@ -47,6 +51,7 @@ from gristmill.storage.manifest import (
     REJECTED_DIR,
     InputRef,
     Lineage,
+    Manifest,
     ShardInfo,
     StageStats,
     canonical_json,
@@ -61,6 +66,7 @@ from gristmill.storage.writer import (
 )
 
 PLAN_FILE = "plan.json"
+GENERATION_CHARS = 12
 
 
 class StageFailedError(RuntimeError):
@@ -119,9 +125,10 @@ def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: Stag
 
 def committed_with_key(output: str, key: str) -> bool:
     out = resolve(output)
-    if not is_committed(out):
+    try:
+        lineage = load_manifest(out).lineage if is_committed(out) else None
+    except UnreadableManifestError:
         return False
-    lineage = load_manifest(out).lineage
     return lineage is not None and lineage.cache_key == key
 
 
@@ -134,10 +141,12 @@ def _record_location(out: Location, index: int) -> Location:
 
 
 def process_unit(stage: MapStage, source: StageInput, unit: WorkUnit, out: Location,
-                 schemas: tuple[pa.Schema, pa.Schema], storage: StorageConfig) -> UnitRecord:
+                 schemas: tuple[pa.Schema, pa.Schema], storage: StorageConfig,
+                 generation: str) -> UnitRecord:
     """Run one unit end to end and record it; on failure delete what it wrote."""
     started = time.perf_counter()
-    options = {"prefix": f"part-{unit.index:05d}", "max_rows": storage.max_rows_per_shard,
+    options = {"prefix": f"part-{generation}-{unit.index:05d}",
+               "max_rows": storage.max_rows_per_shard,
                "max_bytes": storage.max_bytes_per_shard, "checksum": storage.checksum}
     kept_writer = ShardSetWriter(out, schemas[0], **options)
     rejected_writer = ShardSetWriter(out.join(REJECTED_DIR), schemas[1], **options)
@@ -177,7 +186,7 @@ class UnitWorker:
 
     def __init__(self, stage_cls: type[MapStage], config: StageConfig, source: StageInput,
                  out: Location, schemas: tuple[pa.Schema, pa.Schema],
-                 storage: StorageConfig) -> None:
+                 storage: StorageConfig, generation: str) -> None:
         self.stage = stage_cls(config)
         self.setup_error: str | None = None
         try:
@@ -189,6 +198,7 @@ class UnitWorker:
         self.out = out
         self.schemas = schemas
         self.storage = storage
+        self.generation = generation
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         records, errors = [], []
@@ -200,7 +210,7 @@ class UnitWorker:
                 continue
             try:
                 record = process_unit(self.stage, self.source, unit, self.out, self.schemas,
-                                      self.storage)
+                                      self.storage, self.generation)
                 records.append(record.model_dump_json())
                 errors.append(None)
             except Exception as err:
@@ -230,7 +240,7 @@ def _pool_size(stage: MapStage, pending: int) -> int:
 
 
 def _execute(stage: MapStage, source: StageInput, pending: list[WorkUnit], out: Location,
-             schemas: tuple[pa.Schema, pa.Schema], runtime: RuntimeConfig,
+             schemas: tuple[pa.Schema, pa.Schema], runtime: RuntimeConfig, generation: str,
              progress: Progress | None):
     """Yield (record, error) per unit as workers finish them."""
     import ray.data
@@ -242,7 +252,7 @@ def _execute(stage: MapStage, source: StageInput, pending: list[WorkUnit], out: 
         UnitWorker,
         fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
                                "source": source, "out": out, "schemas": schemas,
-                               "storage": runtime.storage},
+                               "storage": runtime.storage, "generation": generation},
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=_pool_size(stage, len(pending))),
@@ -257,13 +267,50 @@ def _execute(stage: MapStage, source: StageInput, pending: list[WorkUnit], out: 
         yield record, row["error"]
 
 
-def _load_records(out: Location, key: str) -> dict[int, UnitRecord]:
-    """Recorded units of an interrupted run with the same key; anything else is cleared."""
+def _committed(out: Location) -> Manifest | None:
+    """The committed manifest at `out`, if any; one this code cannot read is cleared away."""
+    if not is_committed(out):
+        return None
+    try:
+        return load_manifest(out)
+    except UnreadableManifestError:
+        prepare_output(out, overwrite=True)
+        return None
+
+
+def _committed_files(out: Location, committed: Manifest | None) -> tuple[set[str], set[str]]:
+    """Shard files (kept, rejected) the committed dataset still needs."""
+    if committed is None:
+        return set(), set()
+    rejected = out.join(REJECTED_DIR)
+    rejected_files = {s.file for s in load_manifest(rejected).shards} \
+        if is_committed(rejected) else set()
+    return {s.file for s in committed.shards}, rejected_files
+
+
+def _start_or_resume(out: Location, key: str,
+                     committed: Manifest | None) -> dict[int, UnitRecord]:
+    """Recorded units of an interrupted run with the same key; stale work is cleared,
+    the committed dataset (if any) is left untouched."""
     plan = out.join(PROGRESS_DIR, PLAN_FILE)
-    if not plan.exists() or canonical_json(key) != read_bytes(plan).decode():
-        prepare_output(out, overwrite=False)
+    records: dict[int, UnitRecord] = {}
+    if plan.exists() and canonical_json(key) == read_bytes(plan).decode():
+        records = _read_records(out)
+    else:
+        if committed is None:
+            prepare_output(out, overwrite=False)
+        else:
+            remove_tree(out.join(PROGRESS_DIR))
         write_bytes_atomic(plan, canonical_json(key).encode())
-        return {}
+    kept, rejected = _committed_files(out, committed)
+    remove_unlisted_shards(out, kept | {s.file for r in records.values() for s in r.kept})
+    remove_unlisted_shards(out.join(REJECTED_DIR),
+                           rejected | {s.file for r in records.values() for s in r.rejected})
+    return records
+
+
+def _read_records(out: Location) -> dict[int, UnitRecord]:
+    """Unit records on disk; an unreadable one only means its unit runs again."""
     records = {}
     selector = pafs.FileSelector(out.join(PROGRESS_DIR).path)
     for info in out.fs.get_file_info(selector):
@@ -274,15 +321,7 @@ def _load_records(out: Location, key: str) -> dict[int, UnitRecord]:
             except ValidationError:
                 continue
             records[record.index] = record
-    _remove_unrecorded_shards(out, records)
     return records
-
-
-def _remove_unrecorded_shards(out: Location, records: dict[int, UnitRecord]) -> None:
-    """Delete the shards an interrupted unit left behind, so rerunning it cannot duplicate."""
-    remove_unlisted_shards(out, {s.file for r in records.values() for s in r.kept})
-    remove_unlisted_shards(out.join(REJECTED_DIR),
-                           {s.file for r in records.values() for s in r.rejected})
 
 
 def _check_disjoint(out: Location, refs: list[InputRef]) -> None:
@@ -334,15 +373,14 @@ def run_stage(
     out = resolve(output)
     _check_disjoint(out, refs)
 
-    if is_committed(out):
-        manifest = load_manifest(out)
-        if manifest.lineage is not None and manifest.lineage.cache_key == key:
-            remove_tree(out.join(PROGRESS_DIR))
-            return _result(stage.name, out, key, True, manifest.stats or StageStats(), wall)
-        prepare_output(out, overwrite=True)
+    committed = _committed(out)
+    if committed is not None and committed.lineage is not None \
+            and committed.lineage.cache_key == key:
+        remove_tree(out.join(PROGRESS_DIR))
+        return _result(stage.name, out, key, True, committed.stats or StageStats(), wall)
 
     started = datetime.now(UTC)
-    records = _load_records(out, key)
+    records = _start_or_resume(out, key, committed)
     reused = len(records)
     pending = [u for u in source.units() if u.index not in records]
     failures: list[str] = []
@@ -350,7 +388,7 @@ def run_stage(
         ensure_ray(runtime.ray)
         with _progress(runtime.progress) as progress:
             for record, error in _execute(stage, source, pending, out, schemas, runtime,
-                                          progress):
+                                          key[:GENERATION_CHARS], progress):
                 if record is not None:
                     records[record.index] = record
                 else:
@@ -371,11 +409,12 @@ def run_stage(
         inputs=refs, code_version=code, cache_key=key, flow_run_id=flow_run_id,
         started=started, finished=datetime.now(UTC),
     )
-    commit_dataset(
-        out, schemas[0], [s for r in ordered for s in r.kept],
-        rejected=(schemas[1], [s for r in ordered for s in r.rejected]),
-        lineage=lineage, stats=stats,
-    )
+    kept = [s for r in ordered for s in r.kept]
+    rejected = [s for r in ordered for s in r.rejected]
+    commit_dataset(out, schemas[0], kept, rejected=(schemas[1], rejected), lineage=lineage,
+                   stats=stats)
+    remove_unlisted_shards(out, {s.file for s in kept})
+    remove_unlisted_shards(out.join(REJECTED_DIR), {s.file for s in rejected})
     remove_tree(out.join(PROGRESS_DIR))
     return _result(stage.name, out, key, False, stats, wall)
 

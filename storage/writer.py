@@ -39,7 +39,7 @@ from gristmill.storage.manifest import (
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SHARD_SUFFIX = ".arrow"
-_SHARD_NAME = re.compile(r"part(-\d{5})+\.arrow")
+_SHARD_NAME = re.compile(r"part(-[0-9a-f]{12})?(-\d{5})+\.arrow")
 _TEMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}")
 
 

@@ -126,7 +126,7 @@ def test_a_killed_run_resumes_without_redoing_finished_units_or_duplicating_rows
     assert manifest.stats.units_reused == len(finished_before)
     finished_units = {name.removeprefix("unit-").removesuffix(".json")
                       for name in finished_before}
-    untouched = {n: t for n, t in stamps_before.items() if n.split("-")[1] in finished_units}
+    untouched = {n: t for n, t in stamps_before.items() if n.split("-")[2] in finished_units}
     assert untouched
     stamps_after = shard_stamps(out)
     assert {n: stamps_after[n] for n in untouched} == untouched
@@ -175,6 +175,29 @@ def test_a_stage_that_loses_rows_is_stopped(tmp_path: Path) -> None:
     write_table(source, pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"]}))
     with pytest.raises(StageFailedError, match="StageContractError"):
         run_stage(LosesRows, StageConfig(), DatasetInput(source), str(tmp_path / "out"), QUIET)
+
+
+def test_a_failed_rerun_leaves_the_previous_output_readable(brown: str, tmp_path: Path) -> None:
+    out = str(tmp_path / "filtered")
+    first = run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), out, QUIET)
+    with pytest.raises(StageFailedError, match="setup failed"):
+        run_stage(FailsSetup, StageConfig(), DatasetInput(brown), out, QUIET)
+    survivor = Dataset.open(out, verify=True)
+    assert survivor.manifest.lineage.cache_key == first.cache_key
+    assert survivor.num_rows == first.stats.rows_out
+
+
+def test_a_replaced_output_keeps_no_shards_of_the_old_generation(brown: str,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "filtered"
+    run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), str(out), QUIET)
+    run_stage(TextFilter, TextFilterConfig(min_words=10), DatasetInput(brown), str(out), QUIET)
+    dataset = Dataset.open(str(out), verify=True)
+    assert sorted(p.name for p in out.glob("*.arrow")) == sorted(s.file for s in dataset.shards)
+    rejected = dataset.rejected
+    assert sorted(p.name for p in (out / "rejected").glob("*.arrow")) == sorted(
+        s.file for s in rejected.shards)
+    assert not (out / PROGRESS_DIR).exists()
 
 
 def test_a_storage_change_recomputes(brown: str, tmp_path: Path) -> None:
