@@ -67,10 +67,10 @@ class StageStats(BaseModel):
     rows_rejected: int = 0
     reject_reasons: dict[str, int] = Field(default_factory=dict)
     units_total: int = 0
-    units_reused: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    gpu_seconds: float = 0.0
+    units_reused: int = Field(default=0, description="Units finished by an interrupted run")
+    tokens: int = Field(default=0, description="Tokens generated or embedded (model stages)")
+    seconds: float = Field(default=0.0, description="Worker seconds summed over units")
+    gpu_seconds: float = Field(default=0.0, description="GPU worker seconds summed over units")
 
 
 class Manifest(BaseModel):
