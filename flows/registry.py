@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from gristmill.flows.curate import CurateParams, curate_flow
 from gristmill.flows.ingest import IngestParams, ingest_flow
+from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.flows.text_filter import TextFilterParams, text_filter_flow
 
 
@@ -19,5 +20,6 @@ class FlowEntry(NamedTuple):
 FLOWS: dict[str, FlowEntry] = {
     "curate": FlowEntry(curate_flow, CurateParams),
     "ingest": FlowEntry(ingest_flow, IngestParams),
+    "mix": FlowEntry(mix_flow, MixParams),
     "text_filter": FlowEntry(text_filter_flow, TextFilterParams),
 }

@@ -104,11 +104,12 @@ def stage_code_version(stage_cls: type[MapStage]) -> str:
     return code_version(sys.modules[stage_cls.__module__], sys.modules[__name__])
 
 
-def cache_key(stage: str, config: StageConfig, refs: list[InputRef], code: str,
+def cache_key(stage: str, config: dict, refs: list[InputRef], code: str,
               storage: StorageConfig) -> str:
+    """What an output is a function of: stage, config, inputs, code and storage layout."""
     payload = canonical_json({
         "stage": stage,
-        "config": config.hash_payload(),
+        "config": config,
         "inputs": [r.content_sha256 for r in refs],
         "code": code,
         "storage": storage.model_dump(mode="json", exclude={"verify_inputs"}),
@@ -119,8 +120,8 @@ def cache_key(stage: str, config: StageConfig, refs: list[InputRef], code: str,
 def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
                     storage: StorageConfig) -> str:
     """The key a committed output must carry to be reused for this run."""
-    return cache_key(stage_cls.name, config, source.refs(), stage_code_version(stage_cls),
-                     storage)
+    return cache_key(stage_cls.name, config.hash_payload(), source.refs(),
+                     stage_code_version(stage_cls), storage)
 
 
 def committed_with_key(output: str, key: str) -> bool:
@@ -132,8 +133,8 @@ def committed_with_key(output: str, key: str) -> bool:
     return lineage is not None and lineage.cache_key == key
 
 
-def config_hash(config: StageConfig) -> str:
-    return hashlib.sha256(canonical_json(config.hash_payload()).encode()).hexdigest()
+def config_hash(payload: dict) -> str:
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def _record_location(out: Location, index: int) -> Location:
@@ -369,7 +370,7 @@ def run_stage(
     schemas = (stage.output_schema(input_schema), stage.rejected_schema(input_schema))
     refs = source.refs()
     code = stage_code_version(stage_cls)
-    key = cache_key(stage.name, config, refs, code, runtime.storage)
+    key = cache_key(stage.name, config.hash_payload(), refs, code, runtime.storage)
     out = resolve(output)
     _check_disjoint(out, refs)
 
@@ -377,7 +378,7 @@ def run_stage(
     if committed is not None and committed.lineage is not None \
             and committed.lineage.cache_key == key:
         remove_tree(out.join(PROGRESS_DIR))
-        return _result(stage.name, out, key, True, committed.stats or StageStats(), wall)
+        return stage_result(stage.name, out, key, True, committed.stats or StageStats(), wall)
 
     started = datetime.now(UTC)
     records = _start_or_resume(out, key, committed)
@@ -386,7 +387,7 @@ def run_stage(
     failures: list[str] = []
     if pending:
         ensure_ray(runtime.ray)
-        with _progress(runtime.progress) as progress:
+        with progress_bar(runtime.progress) as progress:
             for record, error in _execute(stage, source, pending, out, schemas, runtime,
                                           key[:GENERATION_CHARS], progress):
                 if record is not None:
@@ -405,7 +406,8 @@ def run_stage(
         raise StageContractError(f"{stage.name}: rows_in {stats.rows_in} != rows_out "
                                  f"{stats.rows_out} + rows_rejected {stats.rows_rejected}")
     lineage = Lineage(
-        stage=stage.name, config=config.model_dump(mode="json"), config_hash=config_hash(config),
+        stage=stage.name, config=config.model_dump(mode="json"),
+        config_hash=config_hash(config.hash_payload()),
         inputs=refs, code_version=code, cache_key=key, flow_run_id=flow_run_id,
         started=started, finished=datetime.now(UTC),
     )
@@ -416,17 +418,17 @@ def run_stage(
     remove_unlisted_shards(out, {s.file for s in kept})
     remove_unlisted_shards(out.join(REJECTED_DIR), {s.file for s in rejected})
     remove_tree(out.join(PROGRESS_DIR))
-    return _result(stage.name, out, key, False, stats, wall)
+    return stage_result(stage.name, out, key, False, stats, wall)
 
 
-def _result(stage: str, out: Location, key: str, reused: bool, stats: StageStats,
-            wall: float) -> StageResult:
+def stage_result(stage: str, out: Location, key: str, reused: bool, stats: StageStats,
+                 wall: float) -> StageResult:
     return StageResult(stage=stage, output=out.uri(), rejected=out.join(REJECTED_DIR).uri(),
                        cache_key=key, reused=reused, stats=stats,
                        wall_seconds=time.perf_counter() - wall)
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool, unit: str = "units") -> Progress:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("units"), TimeElapsedColumn())
+               TextColumn(unit), TimeElapsedColumn())
     return Progress(*columns, disable=not enabled, transient=False)

@@ -1,0 +1,158 @@
+"""The mixture stream: frequencies follow the schedule, order is deterministic and resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from torch.utils.data import DataLoader
+
+from gristmill.config import RuntimeConfig
+from gristmill.flows.plots import mixture_probabilities_png
+from gristmill.scoring.temperature import ConstantSchedule, CooldownSchedule, temperature_probs
+from gristmill.stages.mix import run_mix
+from gristmill.storage.mixture import (
+    DomainSpec,
+    MixtureConfig,
+    MixtureError,
+    MixturePlan,
+    MixtureStream,
+)
+from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
+
+SIZES = [2733, 162, 39, 1]
+
+
+def write_domain(folder: Path, name: str, rows: int) -> DomainSpec:
+    table = pa.table({"id": [f"{name}-{i}" for i in range(rows)],
+                      "text": [f"{name} sample {i}" for i in range(rows)]})
+    write_table(str(folder / name), table, max_rows=max(1, rows // 3))
+    return DomainSpec(name=name, uri=str(folder / name))
+
+
+@pytest.fixture
+def domains(tmp_path: Path) -> list[DomainSpec]:
+    return [write_domain(tmp_path, f"d{i}", n) for i, n in enumerate(SIZES)]
+
+
+def frequencies(plan: MixturePlan, steps: range) -> np.ndarray:
+    consumed = np.zeros(len(SIZES), dtype=np.int64)
+    totals = np.zeros(len(SIZES))
+    for step in range(steps.stop):
+        _, counts = plan.draw(step, consumed)
+        consumed += counts
+        if step in steps:
+            totals += counts
+    return totals / totals.sum()
+
+
+def test_draws_follow_each_phase_of_the_cooldown_within_one_percent(
+        domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, schedule=CooldownSchedule(), total_steps=2000,
+                           batch_size=100)
+    plan = MixturePlan(config, SIZES, SIZES)
+    high = frequencies(plan, range(0, 1000))
+    low = frequencies(plan, range(1000, 2000))
+    assert high == pytest.approx(temperature_probs(SIZES, 5.0), abs=0.01)
+    assert low == pytest.approx(temperature_probs(SIZES, 1.0), abs=0.01)
+
+
+def test_batches_are_tagged_and_weighted_in_scalarization_mode(
+        domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, schedule=ConstantSchedule(value=5.0),
+                           total_steps=3, batch_size=64, mode="scalarize")
+    batches = list(MixtureStream(config))
+    assert len(batches) == 3
+    first = batches[0].to_pylist()
+    assert all(row["id"].startswith(row["domain"]) for row in first)
+    weights = {row["domain"]: row["loss_weight"] for row in first}
+    assert weights["d0"] < 1 < weights.get("d1", 2)
+
+
+def test_a_resumed_stream_yields_exactly_the_remaining_batches(
+        domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=12, batch_size=16)
+    full = [b.column("id").to_pylist() for b in MixtureStream(config)]
+    stream = MixtureStream(config)
+    iterator = iter(stream)
+    for _ in range(5):
+        next(iterator)
+    state = stream.state_dict()
+    resumed = MixtureStream(config)
+    resumed.load_state_dict(state)
+    assert [b.column("id").to_pylist() for b in resumed] == full[5:]
+
+
+def test_the_order_is_the_same_with_dataloader_workers(domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=6, batch_size=8)
+    alone = [b.column("id").to_pylist() for b in MixtureStream(config)]
+    loader = DataLoader(MixtureStream(config), batch_size=None, num_workers=2)
+    assert [b.column("id").to_pylist() for b in loader] == alone
+
+
+def test_ranks_share_a_step_without_overlap(domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains[:2], total_steps=4, batch_size=10)
+    ranks = [list(MixtureStream(config, rank=r, world_size=2)) for r in range(2)]
+    for step in range(4):
+        ids = [set(ranks[r][step].column("id").to_pylist()) for r in range(2)]
+        assert not ids[0] & ids[1]
+
+
+def test_a_small_domain_repeats_and_counts_its_epochs(tmp_path: Path) -> None:
+    specs = [write_domain(tmp_path, "big", 50), write_domain(tmp_path, "tiny", 3)]
+    config = MixtureConfig(domains=specs, schedule=ConstantSchedule(value=100.0),
+                           total_steps=10, batch_size=20)
+    tiny = [i for b in MixtureStream(config) for i, d in
+            zip(b.column("id").to_pylist(), b.column("domain").to_pylist(), strict=True)
+            if d == "tiny"]
+    assert len(tiny) > 3
+    for epoch_start in range(0, len(tiny) - len(tiny) % 3, 3):
+        assert sorted(tiny[epoch_start:epoch_start + 3]) == ["tiny-0", "tiny-1", "tiny-2"]
+
+
+def test_a_stopping_domain_leaves_the_mixture_and_the_stream_ends(tmp_path: Path) -> None:
+    specs = [write_domain(tmp_path, "a", 30), write_domain(tmp_path, "b", 5)]
+    config = MixtureConfig(domains=specs, schedule=ConstantSchedule(value=50.0),
+                           total_steps=1000, batch_size=4, on_exhausted="stop")
+    ids = [i for b in MixtureStream(config) for i in b.column("id").to_pylist()]
+    assert len(ids) == len(set(ids)) <= 35
+    assert {i.split("-")[0] for i in ids} == {"a", "b"}
+
+
+def test_bad_mixtures_are_clear_errors(tmp_path: Path, domains: list[DomainSpec]) -> None:
+    with pytest.raises(ValueError, match="at least one domain"):
+        MixtureConfig(domains=[])
+    with pytest.raises(ValueError, match="each with its own name"):
+        MixtureConfig(domains=[domains[0], domains[0]])
+    empty = tmp_path / "empty"
+    write_table(str(empty), pa.table({"id": pa.array([], pa.string()),
+                                      "text": pa.array([], pa.string())}))
+    config = MixtureConfig(domains=[domains[0], DomainSpec(name="empty", uri=str(empty))])
+    with pytest.raises(MixtureError, match="no rows cannot be mixed"):
+        MixtureStream(config)
+    with pytest.raises(MixtureError, match="size_by column 'tokens'"):
+        MixtureStream(MixtureConfig(domains=domains, size_by="tokens"))
+
+
+def test_mix_stage_materializes_the_plan_and_is_reused(tmp_path: Path,
+                                                      domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=20, batch_size=16)
+    out = str(tmp_path / "mixed")
+    quiet = RuntimeConfig(progress=False)
+    first = run_mix(config, out, quiet)
+    table = Dataset.open(out, verify=True).to_table()
+    assert table.num_rows == first.stats.rows_out == 20 * 16
+    assert table.column("step").to_pylist() == [s for s in range(20) for _ in range(16)]
+    streamed = [i for b in MixtureStream(config) for i in b.column("id").to_pylist()]
+    assert table.column("id").to_pylist() == streamed
+    assert run_mix(config, out, quiet).reused
+    assert not run_mix(config.model_copy(update={"seed": 1}), out, quiet).reused
+
+
+def test_the_probability_plot_is_a_png(domains: list[DomainSpec]) -> None:
+    stream = MixtureStream(MixtureConfig(domains=domains, total_steps=100))
+    png = mixture_probabilities_png(stream.plan, [d.name for d in domains])
+    assert png.startswith(b"\x89PNG")
