@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -19,8 +20,11 @@ from prefect.testing.utilities import prefect_test_harness
 
 from gristmill.config import RuntimeConfig
 from gristmill.flows.curate import CurateParams, curate_flow
+from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.stages.text_filter import TextFilterConfig
+from gristmill.storage.mixture import DomainSpec, MixtureConfig
 from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local", "prefect_server")]
 
@@ -86,3 +90,21 @@ def test_a_deleted_output_is_recomputed_not_served_from_the_cache(tmp_path: Path
     states = task_states(again.state_details.flow_run_id)
     assert states == {"ingest": "Cached", "text_filter": "Completed"}
     assert Dataset.open(str(tmp_path / "run" / "text_filter")).num_rows == 0
+
+
+def test_mix_flow_writes_samples_and_a_report_with_the_probability_plot(tmp_path: Path) -> None:
+    domains = []
+    for name, rows in (("large", 400), ("small", 20)):
+        write_table(str(tmp_path / name), pa.table({"id": [f"{name}{i}" for i in range(rows)]}))
+        domains.append(DomainSpec(name=name, uri=str(tmp_path / name)))
+    params = MixParams(mixture=MixtureConfig(domains=domains, total_steps=10, batch_size=8),
+                       output=str(tmp_path / "mixed"), plot=str(tmp_path / "mix.png"),
+                       runtime=RuntimeConfig(progress=False))
+    result = mix_flow(params)
+    assert Dataset.open(result.output).num_rows == 80
+    assert (tmp_path / "mix.png").read_bytes().startswith(b"\x89PNG")
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["mix-report"])))
+    assert "data:image/png;base64," in artifacts[-1].data
+    assert "| small | 20 |" in artifacts[-1].data
