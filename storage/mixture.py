@@ -31,8 +31,8 @@ from gristmill.storage.sample_order import SampleOrder
 from gristmill.storage.shard_cache import ShardCache
 from gristmill.storage.writer import conform
 
-MIXTURE_COLUMNS = (pa.field("domain", pa.string()), pa.field("loss_weight", pa.float32()),
-                   pa.field("step", pa.int64()))
+MIXTURE_COLUMNS = (pa.field("domain", pa.string()), pa.field("domain_epoch", pa.int32()),
+                   pa.field("loss_weight", pa.float32()), pa.field("step", pa.int64()))
 
 
 class MixtureError(ValueError):
@@ -221,19 +221,21 @@ class MixtureStream(IterableDataset):
         first = self.rank * self.config.batch_size
         mine = labels[first:first + self.config.batch_size]
         before = np.bincount(labels[:first], minlength=len(domains))
-        pieces, slots = [], []
+        pieces, slots, epochs = [], [], []
         for index in np.unique(mine):
             where = np.flatnonzero(mine == index)
-            rows = domains[index].take(int(consumed[index] + before[index]), len(where))
-            pieces.append(conform(rows, self.schema))
+            start = int(consumed[index] + before[index])
+            pieces.append(conform(domains[index].take(start, len(where)), self.schema))
             slots.append(where)
-        table = pa.concat_tables(pieces).take(pa.array(np.argsort(np.concatenate(slots))))
+            epochs.append((start + np.arange(len(where))) // domains[index].rows)
+        order = np.argsort(np.concatenate(slots))
+        table = pa.concat_tables(pieces).take(pa.array(order))
         names = np.array([d.name for d in domains], dtype=object)[mine]
-        weights = self.plan.weights(step)[mine].astype(np.float32)
-        return (table.append_column(MIXTURE_COLUMNS[0], pa.array(names, pa.string()))
-                .append_column(MIXTURE_COLUMNS[1], pa.array(weights, pa.float32()))
-                .append_column(MIXTURE_COLUMNS[2],
-                               pa.array(np.full(len(mine), step), pa.int64())))
+        columns = (names, np.concatenate(epochs)[order],
+                   self.plan.weights(step)[mine], np.full(len(mine), step))
+        for field, values in zip(MIXTURE_COLUMNS, columns, strict=True):
+            table = table.append_column(field, pa.array(values, field.type))
+        return table
 
 
 def _common_columns(config: MixtureConfig, datasets: list[Dataset]) -> list[str]:

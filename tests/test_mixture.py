@@ -105,12 +105,12 @@ def test_a_small_domain_repeats_and_counts_its_epochs(tmp_path: Path) -> None:
     specs = [write_domain(tmp_path, "big", 50), write_domain(tmp_path, "tiny", 3)]
     config = MixtureConfig(domains=specs, schedule=ConstantSchedule(value=100.0),
                            total_steps=10, batch_size=20)
-    tiny = [i for b in MixtureStream(config) for i, d in
-            zip(b.column("id").to_pylist(), b.column("domain").to_pylist(), strict=True)
-            if d == "tiny"]
+    rows = [r for b in MixtureStream(config) for r in b.to_pylist() if r["domain"] == "tiny"]
+    tiny = [r["id"] for r in rows]
     assert len(tiny) > 3
     for epoch_start in range(0, len(tiny) - len(tiny) % 3, 3):
         assert sorted(tiny[epoch_start:epoch_start + 3]) == ["tiny-0", "tiny-1", "tiny-2"]
+    assert [r["domain_epoch"] for r in rows] == [i // 3 for i in range(len(rows))]
 
 
 def test_a_stopping_domain_leaves_the_mixture_and_the_stream_ends(tmp_path: Path) -> None:
