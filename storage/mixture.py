@@ -29,6 +29,7 @@ from gristmill.scoring.temperature import (
 from gristmill.storage.reader import Dataset
 from gristmill.storage.sample_order import SampleOrder
 from gristmill.storage.shard_cache import ShardCache
+from gristmill.storage.stream import Batch, StreamFormat, format_batch
 from gristmill.storage.writer import conform
 
 MIXTURE_COLUMNS = (pa.field("domain", pa.string()), pa.field("domain_epoch", pa.int32()),
@@ -173,10 +174,11 @@ class MixtureStream(IterableDataset):
     """
 
     def __init__(self, config: MixtureConfig, *, rank: int = 0, world_size: int = 1,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, format: StreamFormat = "arrow") -> None:
         if not 0 <= rank < world_size:
             raise MixtureError(f"rank {rank} is outside world_size {world_size}")
         self.config = config
+        self.format = format
         self.rank = rank
         self.world_size = world_size
         self.start_step = start_step
@@ -189,7 +191,12 @@ class MixtureStream(IterableDataset):
         self.plan = MixturePlan(config, sizes, [ds.num_rows for ds in datasets], world_size)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.start_step, "seed": self.config.seed,
+        """Where to resume: exact when iterated in this process. With DataLoader workers the
+        trainer's own step counter is the state: `state_for_step(steps_done)`."""
+        return self.state_for_step(self.start_step)
+
+    def state_for_step(self, step: int) -> dict[str, Any]:
+        return {"step": step, "seed": self.config.seed,
                 "domains": [d.name for d in self.config.domains]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -198,7 +205,7 @@ class MixtureStream(IterableDataset):
             raise MixtureError("this state was saved by a mixture with other domains or seed")
         self.start_step = int(state["step"])
 
-    def __iter__(self) -> Iterator[pa.Table]:
+    def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
         workers, me = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         domains = [_Domain(spec, self.config.seed * 1009 + i, self.columns)
@@ -213,11 +220,11 @@ class MixtureStream(IterableDataset):
                 batch = self._batch(step, domains, labels, consumed)
                 if worker is None:
                     self.start_step = step + 1
-                yield batch
+                yield format_batch(batch, self.format)
             consumed += counts
 
     def _batch(self, step: int, domains: list[_Domain], labels: np.ndarray,
-               consumed: np.ndarray) -> pa.Table:
+               consumed: np.ndarray) -> pa.RecordBatch:
         first = self.rank * self.config.batch_size
         mine = labels[first:first + self.config.batch_size]
         before = np.bincount(labels[:first], minlength=len(domains))
@@ -235,7 +242,7 @@ class MixtureStream(IterableDataset):
                    self.plan.weights(step)[mine], np.full(len(mine), step))
         for field, values in zip(MIXTURE_COLUMNS, columns, strict=True):
             table = table.append_column(field, pa.array(values, field.type))
-        return table
+        return table.combine_chunks().to_batches()[0]
 
 
 def _common_columns(config: MixtureConfig, datasets: list[Dataset]) -> list[str]:

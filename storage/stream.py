@@ -373,14 +373,19 @@ class ShardStream(IterableDataset):
 
     def format(self, batch: pa.RecordBatch) -> Batch:
         """The batch in the configured format (see the class docstring)."""
-        if self.config.format == "arrow":
-            return batch
-        names = batch.schema.names
-        if self.config.format == "numpy":
-            return {name: column.to_numpy(zero_copy_only=False)
-                    for name, column in zip(names, batch.columns, strict=True)}
-        return {name: _to_torch(name, column)
+        return format_batch(batch, self.config.format)
+
+
+def format_batch(batch: pa.RecordBatch, fmt: StreamFormat) -> Batch:
+    """Arrow as is; numpy: a dict of arrays; torch: a dict of tensors (strings stay lists)."""
+    if fmt == "arrow":
+        return batch
+    names = batch.schema.names
+    if fmt == "numpy":
+        return {name: column.to_numpy(zero_copy_only=False)
                 for name, column in zip(names, batch.columns, strict=True)}
+    return {name: _to_torch(name, column)
+            for name, column in zip(names, batch.columns, strict=True)}
 
 
 class _WorkerFeed(IterableDataset):

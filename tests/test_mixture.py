@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from gristmill.config import RuntimeConfig
@@ -84,6 +85,13 @@ def test_a_resumed_stream_yields_exactly_the_remaining_batches(
     resumed = MixtureStream(config)
     resumed.load_state_dict(state)
     assert [b.column("id").to_pylist() for b in resumed] == full[5:]
+
+
+def test_batches_come_as_torch_tensors_when_asked(domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=2, batch_size=8, mode="scalarize")
+    batch = next(iter(MixtureStream(config, format="torch")))
+    assert batch["loss_weight"].dtype == torch.float32 and batch["step"].tolist() == [0] * 8
+    assert isinstance(batch["id"], list) and len(batch["domain"]) == 8
 
 
 def test_the_order_is_the_same_with_dataloader_workers(domains: list[DomainSpec]) -> None:
