@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?= -m "slow or not slow"
 
-.PHONY: setup demo test test-quick bench lint clean
+.PHONY: setup demo test test-quick bench cooldown lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-quick: setup
 
 bench: setup
 	$(BIN)/python bench/storage_throughput.py
+	$(BIN)/python bench/stream_throughput.py
+
+cooldown: setup
+	$(BIN)/python bench/cooldown_experiment.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
