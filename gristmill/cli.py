@@ -61,12 +61,11 @@ def fetch(names: Annotated[list[str] | None, typer.Argument(
 @app.command()
 def sources() -> None:
     """List the named sources that `ingest` understands."""
-    from gristmill.sources.cache import is_complete
-    from gristmill.sources.registry import list_sources
+    from gristmill.sources.registry import is_fetched, list_sources
 
     table = Table("source", "format", "fetched", "description")
     for spec in list_sources():
-        table.add_row(spec.name, spec.format, "yes" if is_complete(spec.dataset) else "no",
+        table.add_row(spec.name, spec.format, "yes" if is_fetched(spec.dataset) else "no",
                       spec.description)
     console.print(table)
 

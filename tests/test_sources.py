@@ -138,6 +138,18 @@ def test_openclipart_rows_have_captions_and_svgs() -> None:
     assert any("frog" in row["keywords"] for row in rows)
 
 
+def test_openclipart_caption_pairs_join_title_and_keywords_against_the_description() -> None:
+    pairs = read_rows("openclipart_captions")
+    described = [row for row in read_rows("openclipart") if row["description"]]
+    assert len(pairs) == len(described) > 1000
+    first = described[0]
+    assert pairs[0]["synthetic_caption"] == first["description"]
+    assert pairs[0]["text"].startswith(first["alt_text_title"])
+    assert all(keyword in pairs[0]["text"] for keyword in first["keywords"])
+    root = resolve("openclipart").root
+    assert all((root / row["image_path"]).is_file() for row in pairs)
+
+
 def test_fortunes_are_raw_files_in_many_languages() -> None:
     resolved = resolve("fortunes")
     langs = {path: resolved.spec.file_metadata(path)["lang"] for path in resolved.files}

@@ -46,9 +46,13 @@ def dataset_dir(dataset: str) -> Path:
     return cache_dir() / "data" / dataset
 
 
-def is_complete(dataset: str) -> bool:
-    """Whether the dataset was fully built; the only check a warm run performs."""
-    return (dataset_dir(dataset) / MARKER).is_file()
+def is_complete(dataset: str, version: int = 1) -> bool:
+    """Whether the dataset was fully built by this version of its builder; the only check a
+    warm run performs. A builder that changes its output bumps its version to rebuild."""
+    marker = dataset_dir(dataset) / MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text(encoding="utf-8")).get("version", 1) == version
 
 
 def marker_counts(dataset: str) -> dict[str, int]:
@@ -85,13 +89,13 @@ def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def publish(staging: Path, dataset: str, counts: dict[str, int]) -> Path:
+def publish(staging: Path, dataset: str, counts: dict[str, int], version: int = 1) -> Path:
     """Move a built folder into place, then write the marker last."""
     target = dataset_dir(dataset)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
-    marker = {"dataset": dataset, "counts": counts}
+    marker = {"dataset": dataset, "counts": counts, "version": version}
     tmp = target / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, target / MARKER)

@@ -18,20 +18,26 @@ from gristmill.sources.cache import (
     dataset_dir,
     dataset_lock,
     downloads_dir,
-    is_complete,
     marker_counts,
     publish,
     staging_dir,
 )
 from gristmill.sources.errors import SourceError, SourceFetchError
-from gristmill.sources.registry import BUILDERS, datasets_for, get_spec, list_sources
+from gristmill.sources.registry import (
+    BUILDERS,
+    build_version,
+    datasets_for,
+    get_spec,
+    is_fetched,
+    list_sources,
+)
 
 _CONVERSION_ERRORS = (OSError, ValueError, LookupError, tarfile.TarError, zipfile.BadZipFile)
 
 
 def _build(dataset: str) -> None:
     with dataset_lock(dataset):
-        if is_complete(dataset):
+        if is_fetched(dataset):
             return
         with staging_dir(dataset_dir(dataset).parent, dataset) as staging:
             try:
@@ -44,7 +50,7 @@ def _build(dataset: str) -> None:
                     f"({type(exc).__name__}: {exc}); if a download is damaged, delete it under "
                     f"{downloads_dir()}, then retry `python -m gristmill.sources.fetch {dataset}`"
                 ) from exc
-            publish(staging, dataset, counts)
+            publish(staging, dataset, counts, build_version(dataset))
 
 
 def _summary(dataset: str) -> str:
@@ -66,7 +72,7 @@ def fetch(names: list[str] | None = None, progress: bool = True) -> dict[str, Pa
     with Progress(*columns, disable=not progress, transient=True) as display:
         task = display.add_task("sources", total=len(datasets))
         for dataset in datasets:
-            cached = is_complete(dataset)
+            cached = is_fetched(dataset)
             display.update(task, description=f"{'cached' if cached else 'fetching'} {dataset}")
             if not cached:
                 _build(dataset)

@@ -17,6 +17,7 @@ PACKAGE = "openclipart-svg"
 SVG_ROOT = "/usr/share/openclipart/svg"
 SVG_FOLDER = "svg"
 OUTPUT = "openclipart.jsonl"
+CAPTIONS = "captions.jsonl"
 
 _NS = {
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -78,8 +79,24 @@ def _rows(dest: Path, counts: dict[str, int]) -> Iterator[dict[str, MetadataValu
             logger.warning("openclipart: skipping metadata of %s: %s", svg_path, exc)
 
 
+def caption_pair(row: dict[str, MetadataValue]) -> dict[str, MetadataValue] | None:
+    """A CapsFusion input: title + keywords as the noisy alt-text, the description as the
+    well-formed sentence; None for images without a description."""
+    description = str(row["description"])
+    if not description:
+        return None
+    keywords = ", ".join(str(k) for k in row["keywords"])  # type: ignore[union-attr]
+    alt_text = ", ".join(part for part in (str(row["alt_text_title"]), keywords) if part)
+    if not alt_text:
+        return None
+    return {"text": alt_text, "synthetic_caption": description,
+            "image_path": row["svg_path"], "topic": row["topic"]}
+
+
 def build(dest: Path) -> dict[str, int]:
-    """Extract the SVGs and write one metadata row per parsable SVG."""
+    """Extract the SVGs, write one metadata row per parsable SVG, and the caption pairs."""
     counts = {"svg_files": 0, "links_skipped": 0, "unparsable": 0}
-    rows = write_jsonl(dest / OUTPUT, _rows(dest, counts))
-    return {"rows": rows, **counts}
+    rows = list(_rows(dest, counts))
+    written = write_jsonl(dest / OUTPUT, rows)
+    pairs = write_jsonl(dest / CAPTIONS, (p for r in rows if (p := caption_pair(r))))
+    return {"rows": written, "caption_pairs": pairs, **counts}

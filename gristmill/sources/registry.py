@@ -29,6 +29,18 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
+BUILD_VERSIONS: dict[str, int] = {"openclipart": 2}
+"""Bumped when a builder's output changes, so caches built by the old one are rebuilt."""
+
+
+def build_version(dataset: str) -> int:
+    return BUILD_VERSIONS.get(dataset, 1)
+
+
+def is_fetched(dataset: str) -> bool:
+    return is_complete(dataset, build_version(dataset))
+
+
 class SourceSpec(BaseModel):
     """How ingest reads one source.
 
@@ -120,6 +132,14 @@ SOURCES: tuple[SourceSpec, ...] = (
         "7,458 clip-art SVGs with titles, descriptions and keywords as noisy captions",
         openclipart.OUTPUT,
     ),
+    SourceSpec(
+        name="openclipart_captions",
+        description="1,382 clip-art images with a description: title + keywords as the raw "
+                    "alt-text, the description as the sentence caption (for CapsFusion)",
+        format="jsonl",
+        files_glob=openclipart.CAPTIONS,
+        dataset="openclipart",
+    ),
     _jsonl("gsm8k", "GSM8K math word problems, English, 100 templates", gsm8k.ENGLISH_FILE),
     _jsonl(
         "gsm8k_multilingual",
@@ -163,7 +183,7 @@ def datasets_for(names: list[str] | None = None) -> list[str]:
 def resolve(name: str) -> ResolvedSource:
     """The spec plus the sorted files of a fetched source."""
     spec = get_spec(name)
-    if not is_complete(spec.dataset):
+    if not is_fetched(spec.dataset):
         raise SourceNotFetchedError(
             f"source '{name}' is not fetched yet: run `make setup` or "
             f"`python -m gristmill.sources.fetch {name}`"
