@@ -11,7 +11,7 @@ SAMPLE_ROWS = 3
 SAMPLE_CHARS = 160
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     if isinstance(value, bytes):
         text = value[:SAMPLE_CHARS].decode("utf-8", errors="replace")
@@ -27,7 +27,7 @@ def _sample_table(dataset: Dataset, columns: list[str]) -> list[str]:
     shown = [c for c in columns if c in dataset.schema.names]
     rows = next(dataset.iter_batches(columns=shown)).slice(0, SAMPLE_ROWS).to_pylist()
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in shown) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row[c]) for c in shown) + " |" for row in rows]
     return lines
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from gristmill.config import ConfigError, load_config
 from gristmill.flows.curate import CurateParams
+from gristmill.flows.fuse_captions import FuseCaptionsParams
 
 
 def test_yaml_and_overrides_build_nested_models(tmp_path: Path) -> None:
@@ -43,3 +44,10 @@ def test_unknown_keys_are_refused_so_typos_do_not_pass_silently() -> None:
 def test_the_shipped_demo_config_validates() -> None:
     params = load_config(CurateParams, Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert params.sources == ["brown", "spam_assassin"]
+
+
+@pytest.mark.parametrize("name", ["captions.yaml", "gpu.yaml"])
+def test_the_shipped_caption_configs_validate(name: str) -> None:
+    params = load_config(FuseCaptionsParams, Path(__file__).parents[1] / "configs" / name)
+    assert params.config.generator.num_beams == 3
+    assert not params.config.generator.do_sample
