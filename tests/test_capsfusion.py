@@ -11,14 +11,17 @@ import pyarrow as pa
 import pytest
 
 from gristmill.config import RuntimeConfig
+from gristmill.flows.fuse_captions import fusion_report
 from gristmill.inference import GeneratorConfig
 from gristmill.scoring.caption_checks import clean_caption, entity_retention, guard
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.capsfusion import CapsFusion, CapsFusionConfig, fusion_prompt
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
-from gristmill.stages.runner import run_stage
+from gristmill.stages.runner import StageResult, run_stage
+from gristmill.storage.manifest import StageStats
 from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
 
 GUARD = {"min_words": 3, "max_words": 60, "max_sentences": 2}
 
@@ -147,3 +150,21 @@ def test_the_real_model_fuses_real_openclipart_rows_through_ray(tmp_path: Path) 
     for row in rejected:
         assert row["reject_reason"] and row["reject_stage"] == "capsfusion"
     assert {r["id"] for r in kept} | {r["id"] for r in rejected} == inputs
+
+
+def test_the_flow_report_shows_fusions_beside_their_inputs(tmp_path: Path) -> None:
+    out = tmp_path / "fused"
+    write_table(str(out), pa.table({
+        "id": ["a", "b"], "text": ["Eiffel Tower Paris 2019", "tux penguin"],
+        "synthetic_caption": ["a tower at night", "a bird"],
+        "fused_caption": ["The Eiffel Tower in Paris at night, 2019.", "Tux the penguin."],
+        "entity_retention": pa.array([1.0, None], pa.float32()),
+    }))
+    result = StageResult(stage="capsfusion", output=str(out), rejected=None, cache_key="k",
+                         reused=False, wall_seconds=1.0, stats=StageStats(
+                             rows_in=3, rows_out=2, rows_rejected=1,
+                             reject_reasons={"refusal": 1}))
+    report = fusion_report(result, CapsFusionConfig())
+    assert "mean entity retention 1.000 (1 rows with names or numbers)" in report
+    assert "| refusal | 1 |" in report
+    assert "| Eiffel Tower Paris 2019 | a tower at night | The Eiffel Tower in Paris" in report
