@@ -46,8 +46,10 @@ def test_the_shipped_demo_config_validates() -> None:
     assert params.sources == ["brown", "spam_assassin"]
 
 
-@pytest.mark.parametrize("name", ["captions.yaml", "gpu.yaml"])
-def test_the_shipped_caption_configs_validate(name: str) -> None:
+@pytest.mark.parametrize(("name", "backend", "beams"),
+                         [("captions.yaml", "transformers", 3), ("gpu.yaml", "vllm", 1)])
+def test_the_shipped_caption_configs_validate(name: str, backend: str, beams: int) -> None:
     params = load_config(FuseCaptionsParams, Path(__file__).parents[1] / "configs" / name)
-    assert params.config.generator.num_beams == 3
-    assert not params.config.generator.do_sample
+    generator = params.config.generator
+    assert (generator.backend, generator.num_beams, generator.do_sample) == (backend, beams,
+                                                                            False)

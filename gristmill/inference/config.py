@@ -119,8 +119,6 @@ class Generation(NamedTuple):
 class Generator(Protocol):
     """Batched prompts in, `num_return_sequences` completions per prompt out."""
 
-    config: GeneratorConfig
-
     def generate(self, prompts: list[str]) -> list[list[Generation]]: ...
 
     def count_tokens(self, texts: list[str]) -> list[int]: ...
