@@ -150,6 +150,15 @@ def test_openclipart_caption_pairs_join_title_and_keywords_against_the_descripti
     assert all((root / row["image_path"]).is_file() for row in pairs)
 
 
+def test_tuxpaint_stamps_pair_an_english_caption_with_an_image() -> None:
+    rows = read_rows("tuxpaint")
+    root = resolve("tuxpaint").root
+    assert len(rows) > 900
+    assert all(row["text"] and (root / row["image_path"]).is_file() for row in rows)
+    assert {"text": "A blackbird.", "image_path": "stamps/animals/birds/blackbird.png",
+            "category": "animals/birds"} in rows
+
+
 def test_fortunes_are_raw_files_in_many_languages() -> None:
     resolved = resolve("fortunes")
     langs = {path: resolved.spec.file_metadata(path)["lang"] for path in resolved.files}

@@ -11,7 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from gristmill.sources import brown, evals_data, fortunes, gsm8k, openclipart, spam_assassin
+from gristmill.sources import (
+    brown,
+    evals_data,
+    fortunes,
+    gsm8k,
+    openclipart,
+    spam_assassin,
+    tuxpaint,
+)
 from gristmill.sources.cache import dataset_dir, is_complete
 from gristmill.sources.errors import SourceNotFetchedError, UnknownSourceError
 
@@ -26,6 +34,7 @@ BUILDERS: dict[str, Builder] = {
     "openclipart": openclipart.build,
     "gsm8k": gsm8k.build,
     "fortunes": fortunes.build,
+    "tuxpaint": tuxpaint.build,
 }
 
 
@@ -139,6 +148,11 @@ SOURCES: tuple[SourceSpec, ...] = (
         format="jsonl",
         files_glob=openclipart.CAPTIONS,
         dataset="openclipart",
+    ),
+    _jsonl(
+        "tuxpaint",
+        "~950 Tux Paint stamps: a picture (PNG or SVG) and its short English caption",
+        tuxpaint.OUTPUT,
     ),
     _jsonl("gsm8k", "GSM8K math word problems, English, 100 templates", gsm8k.ENGLISH_FILE),
     _jsonl(
