@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gristmill.inference import Generator, GeneratorConfig, load_generator
 from gristmill.scoring.caption_checks import clean_caption, entity_retention, guard
@@ -76,6 +76,15 @@ class CapsFusionConfig(StageConfig):
     min_words: int = Field(default=3, ge=1)
     max_words: int = Field(default=60, ge=1)
     max_sentences: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _vllm_engines_take_the_gpus(self) -> CapsFusionConfig:
+        """The vLLM backend starts its own GPU engine actors from inside the stage's worker;
+        a worker that also holds a GPU would leave them none to start on."""
+        if self.generator.backend == "vllm" and self.resources.num_gpus > 0:
+            raise ValueError("with generator.backend=vllm set resources.num_gpus=0: vLLM's "
+                             "engine actors claim the GPUs themselves")
+        return self
 
 
 class CapsFusion(MapStage[CapsFusionConfig]):

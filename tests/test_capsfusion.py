@@ -115,6 +115,12 @@ def test_process_keeps_good_fusions_and_rejects_bad_inputs_and_outputs() -> None
     assert "x x x" in generator.prompts[2]
 
 
+def test_vllm_workers_may_not_hold_the_gpus_their_engines_need() -> None:
+    with pytest.raises(ValueError, match=r"set resources\.num_gpus=0"):
+        CapsFusionConfig(generator=GeneratorConfig(backend="vllm"),
+                         resources={"num_gpus": 1})
+
+
 def test_missing_or_binary_columns_are_refused_before_any_work() -> None:
     stage = CapsFusion(CapsFusionConfig())
     with pytest.raises(StageInputError, match="missing column 'synthetic_caption'"):
