@@ -8,6 +8,8 @@ caption; `entity_retention` measures how many of the raw alt-text's names and nu
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 
 _ENTITY = re.compile(r"\b(?:[A-Z][\w'\u2019-]*|\d+(?:[.,:]\d+)*)")
 _WORD = re.compile(r"[\w'\u2019-]+")
@@ -16,6 +18,7 @@ _SENTENCE_END = re.compile(r"[.!?](?:\s+|$)")
 _LEAD_IN = re.compile(r"^\s*(?:(?:the\s+)?(?:merged|fused|combined|new|final)\s+"
                       r"(?:sentence|caption)\s*(?:is)?\s*[:\-]\s*|(?:answer|caption|sentence)\s*:\s*)",
                       re.IGNORECASE)
+_PROMPT_LABEL = re.compile(r"(?:^|\s)(?:[AB]|Sentence|Description [AB])\s*:", re.IGNORECASE)
 _REFUSAL = re.compile(r"\b(?:i\s*(?:am|'m)\s+sorry|i\s+(?:can(?:no|')t|am\s+unable|won't)|"
                       r"as\s+an\s+ai|cannot\s+(?:help|assist|comply)|i\s+apologi[sz]e)\b",
                       re.IGNORECASE)
@@ -33,14 +36,29 @@ def _normal(text: str) -> str:
     return " ".join(w.lower() for w in _WORD.findall(text))
 
 
-def guard(fused: str, raw: str, synthetic: str, *, min_words: int,
-          max_words: int, max_sentences: int) -> tuple[str, str] | None:
-    """(reason, detail) when `fused` is not a usable caption, else None."""
+def _repeated_trigram(words: list[str]) -> str | None:
+    """A three-word run that occurs twice: a caption does not repeat itself, a looping small
+    model does ("a tree, a tree, a tree")."""
+    counts = Counter(zip(words, words[1:], words[2:], strict=False))
+    trigram, count = counts.most_common(1)[0] if counts else (None, 0)
+    return " ".join(trigram) if trigram is not None and count >= 2 else None
+
+
+def guard(fused: str, raw: str, synthetic: str, *, min_words: int, max_words: int,
+          max_sentences: int, examples: Sequence[str] = ()) -> tuple[str, str] | None:
+    """(reason, detail) when `fused` is not a usable caption, else None. `examples` are the
+    prompt's worked answers: a small model often copies one instead of fusing."""
     words = _WORD.findall(fused)
     if not words:
         return "empty_output", "the model returned no words"
     if _REFUSAL.search(fused):
         return "refusal", "the model declined instead of writing a caption"
+    if _PROMPT_LABEL.search(fused):
+        return "prompt_echo", "the output repeats the prompt's labels (A:, B:, Sentence:)"
+    normal = _normal(fused)
+    for example in examples:
+        if _normal(example) and _normal(example) in normal:
+            return "example_copied", "the output copies a worked example from the prompt"
     if _LIST_MARK.search(fused) or "\n" in fused.strip():
         return "not_a_caption", "a list or several lines, not one caption"
     sentences = len(_SENTENCE_END.findall(fused.strip() + " "))
@@ -50,7 +68,8 @@ def guard(fused: str, raw: str, synthetic: str, *, min_words: int,
         return "too_short", f"{len(words)} words < min_words {min_words}"
     if len(words) > max_words:
         return "too_long", f"{len(words)} words > max_words {max_words}"
-    normal = _normal(fused)
+    if (trigram := _repeated_trigram([w.lower() for w in words])) is not None:
+        return "repetitive", f"'{trigram}' occurs more than once"
     copies = {_normal(raw): "the raw alt-text", _normal(synthetic): "the synthetic caption",
               _normal(f"{raw} {synthetic}"): "both inputs concatenated",
               _normal(f"{synthetic} {raw}"): "both inputs concatenated"}

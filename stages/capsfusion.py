@@ -93,6 +93,11 @@ class CapsFusion(MapStage[CapsFusionConfig]):
     def setup(self) -> None:
         self.generator: Generator = load_generator(self.config.generator)
 
+    @property
+    def example_texts(self) -> list[str]:
+        """The worked examples' sentences and inputs: copying one is not a fusion."""
+        return [text for example in EXAMPLES[: self.config.few_shot] for text in example]
+
     def check_input(self, schema: pa.Schema) -> None:
         require_columns(schema, self.name, {self.config.raw_column: STRING_TYPES,
                                             self.config.synthetic_column: STRING_TYPES})
@@ -154,7 +159,8 @@ class CapsFusion(MapStage[CapsFusionConfig]):
             text = clean_caption(outputs[0].text)
             fused[i], tokens[i] = text, outputs[0].tokens
             verdict = guard(text, raws[i], synthetics[i], min_words=cfg.min_words,
-                            max_words=cfg.max_words, max_sentences=cfg.max_sentences)
+                            max_words=cfg.max_words, max_sentences=cfg.max_sentences,
+                            examples=self.example_texts)
             if verdict is not None:
                 reasons[i], details[i] = verdict
             else:

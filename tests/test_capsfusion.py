@@ -76,11 +76,15 @@ def test_guard_rejects_what_is_not_a_fused_caption() -> None:
         " ".join(["tower"] * 70): "too_long",
         "Eiffel Tower at night, Paris 2019": "copied_input",
         "Eiffel Tower at night Paris 2019 a tower lit up at night": "copied_input",
+        "A: Eiffel Tower B: a tower lit up at night": "prompt_echo",
+        "a tree, a tree, a tree, a tree near the tower": "repetitive",
     }
     for text, reason in cases.items():
         assert guard(text, raw, synthetic, **GUARD)[0] == reason, text
     assert guard("The Eiffel Tower in Paris glows at night in 2019.", raw, synthetic,
                  **GUARD) is None
+    copied = "Max, an 8-week-old Golden Retriever puppy, sits on the grass."
+    assert guard(copied, raw, synthetic, examples=[copied], **GUARD)[0] == "example_copied"
 
 
 def test_entity_retention_on_real_openclipart_rows() -> None:
