@@ -141,6 +141,15 @@ class MixturePlan:
         probs[active] = temperature_probs(self.sizes[active], temperature)
         return probs
 
+    def row_probabilities(self, step: int, active: np.ndarray | None = None) -> np.ndarray:
+        """Per-row draw probabilities that give each domain its share of the size unit: with
+        sizes in tokens, a domain of long rows is drawn less often per row."""
+        probs = self.probabilities(step, active)
+        if self.config.size_by == "rows":
+            return probs
+        per_row = probs / (self.sizes / self.rows)
+        return per_row / per_row.sum()
+
     def weights(self, step: int) -> np.ndarray:
         if self.config.mode == "sample":
             return np.ones(len(self.sizes))
@@ -157,7 +166,7 @@ class MixturePlan:
             if not active.any():
                 return None
             rng = np.random.default_rng([self.config.seed, step, attempt])
-            counts = rng.multinomial(self.global_batch, self.probabilities(step, active))
+            counts = rng.multinomial(self.global_batch, self.row_probabilities(step, active))
             short = (self.config.on_exhausted == "stop") & (consumed + counts > self.rows)
             if not short.any():
                 labels = rng.permutation(np.repeat(np.arange(len(self.sizes)), counts))

@@ -61,6 +61,15 @@ def test_draws_follow_each_phase_of_the_cooldown_within_one_percent(
     assert low == pytest.approx(temperature_probs(SIZES, 1.0), abs=0.01)
 
 
+def test_token_sizes_give_each_domain_its_share_of_tokens_not_of_rows(
+        domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains[:2], schedule=ConstantSchedule(value=1.0),
+                           size_by="n_tokens")
+    plan = MixturePlan(config, sizes=[1000.0, 1000.0], rows=[100, 10])
+    assert plan.probabilities(0) == pytest.approx([0.5, 0.5])
+    assert plan.row_probabilities(0) == pytest.approx([1 / 11, 10 / 11])
+
+
 def test_batches_are_tagged_and_weighted_in_scalarization_mode(
         domains: list[DomainSpec]) -> None:
     config = MixtureConfig(domains=domains, schedule=ConstantSchedule(value=5.0),
