@@ -67,7 +67,7 @@ def test_token_sizes_give_each_domain_its_share_of_tokens_not_of_rows(
                            size_by="n_tokens")
     plan = MixturePlan(config, sizes=[1000.0, 1000.0], rows=[100, 10])
     assert plan.probabilities(0) == pytest.approx([0.5, 0.5])
-    assert plan.row_probabilities(0) == pytest.approx([1 / 11, 10 / 11])
+    assert plan.row_probabilities(0) == pytest.approx([10 / 11, 1 / 11])
 
 
 def test_batches_are_tagged_and_weighted_in_scalarization_mode(
