@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
+from common import load_average, write_json
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -451,11 +451,6 @@ def machine_info() -> dict[str, object]:
             "torch": torch.__version__, "pyarrow": pa.__version__, "numpy": np.__version__}
 
 
-def load_average() -> list[float]:
-    """Other work on a 2-core machine slows the run: record how busy it was."""
-    return [round(load, 2) for load in os.getloadavg()]
-
-
 def results_json(settings: Settings, runs: list[RunResult], domains: list[Domain],
                  initial_heldout: dict[str, float], timing: dict[str, Any]) -> dict[str, Any]:
     sizes = [d.train_windows for d in domains]
@@ -567,7 +562,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         data = results_json(settings, runs, domains, initial_heldout, timing)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        write_json(args.json, data, indent=1)
         console.print(f"results: {args.json}")
     console.print(f"total {timing['total_s']:.0f} s (load average {load_before} -> "
                   f"{timing['load_average_after']})")

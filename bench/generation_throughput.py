@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import transformers
+from common import write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -182,7 +183,7 @@ def main() -> int:
     out = args.out or (RESULTS if args.device == "cpu"
                        else RESULTS.with_name("generation_throughput_gpu.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

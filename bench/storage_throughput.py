@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from common import load_average, write_json
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -316,11 +317,6 @@ def machine_info() -> dict[str, object]:
     }
 
 
-def load_average() -> list[float]:
-    """Other work on a 2-core machine skews timings: record how busy it was."""
-    return [round(load, 2) for load in os.getloadavg()]
-
-
 def summarise(cases: list[Case], data: dict[str, object]) -> list[dict[str, object]]:
     """Best and median figures per case, with ratios to plain pyarrow of the same kind."""
     baseline = {case.kind: case for case in cases if case.name.startswith("pyarrow ")}
@@ -374,14 +370,6 @@ def print_table(cases: list[Case], results: list[dict[str, object]],
     console.print(table)
 
 
-def write_json(report: dict[str, object]) -> None:
-    """Temp file then rename, so a crashed run never leaves a half-written result."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(RESULTS)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="in-memory Arrow size of the table")
@@ -410,7 +398,7 @@ def main() -> None:
     print_table(cases, results, data)
     verdict = acceptance(results)
     elapsed = time.perf_counter() - started
-    write_json({"machine": machine, "data": data,
+    write_json(RESULTS, {"machine": machine, "data": data,
                 "settings": {"repeats": args.repeats, "warmup_rounds": 1,
                              "page_cache": "warm", "shard_fsync": False,
                              "sync_before_each_run": True},

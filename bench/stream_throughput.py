@@ -37,6 +37,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from common import load_average, write_json
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -398,18 +399,6 @@ def machine_info() -> dict[str, Any]:
             "numpy": np.__version__}
 
 
-def load_average() -> list[float]:
-    """Other work on a small shared machine skews timings: record how busy it was."""
-    return [round(load, 2) for load in os.getloadavg()]
-
-
-def write_json(report: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(RESULTS)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=300, help="in-memory Arrow size of the data")
@@ -454,7 +443,7 @@ def main() -> None:
     print_memory(memory, data)
     verdict = acceptance(results, memory, args.workers)
     elapsed = time.perf_counter() - started
-    write_json({"machine": machine_info(), "data": data,
+    write_json(RESULTS, {"machine": machine_info(), "data": data,
                 "settings": {"repeats": args.repeats, "warmup_rounds": 1, "page_cache": "warm",
                              "workers": args.workers,
                              "start_method": multiprocessing.get_start_method(),

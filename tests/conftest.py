@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
+import fsspec
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,3 +25,13 @@ def ray_local() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def memory_uri() -> Iterator[str]:
+    """A fresh folder on fsspec's process-wide memory filesystem, removed afterwards."""
+    path = f"/gristmill-tests/{uuid.uuid4().hex}"
+    yield f"memory://{path}"
+    memory = fsspec.filesystem("memory")
+    if memory.exists(path):
+        memory.rm(path, recursive=True)

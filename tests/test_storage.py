@@ -9,7 +9,6 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -60,16 +59,6 @@ def written(tmp_path: Path) -> tuple[Path, pa.Table]:
     table = make_table(1000)
     write_table(str(folder), table, max_rows=300)
     return folder, table
-
-
-@pytest.fixture
-def memory_uri() -> Iterator[str]:
-    """A fresh folder on fsspec's process-wide memory filesystem, removed afterwards."""
-    path = f"/gristmill-tests/{uuid.uuid4().hex}"
-    yield f"memory://{path}"
-    memory = fsspec.filesystem("memory")
-    if memory.exists(path):
-        memory.rm(path, recursive=True)
 
 
 # --- writer: shard bounds ---------------------------------------------------------------------

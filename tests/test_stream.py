@@ -8,12 +8,10 @@ tests that start them are few and small. The rest simulate a worker by patching
 from __future__ import annotations
 
 import pickle
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -66,15 +64,6 @@ def second(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("stream") / "second"
     write_table(str(folder), make_rows(700, start=ROWS, seed=1), max_rows=250)
     return str(folder)
-
-
-@pytest.fixture
-def memory_uri() -> Iterator[str]:
-    path = f"/gristmill-tests/{uuid.uuid4().hex}"
-    yield f"memory://{path}"
-    memory = fsspec.filesystem("memory")
-    if memory.exists(path):
-        memory.rm(path, recursive=True)
 
 
 def idx_batches(batches: Iterator[dict]) -> list[list[int]]:
