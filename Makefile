@@ -8,7 +8,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?= -m "slow or not slow"
 
-.PHONY: setup demo test test-quick bench cooldown lint clean
+BROWSER_STAMP := $(VENV)/.browser
+APT_CHROMIUM := apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
+.PHONY: setup browser demo ui test test-quick bench cooldown lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +24,22 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/python -m gristmill.sources.fetch
 
+# Debian's Chromium for the UI test (headless, driven by playwright); skipped where apt-get
+# cannot install it, and the UI test then says so.
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null || $(APT_CHROMIUM) || { apt-get update -qq && \
+		$(APT_CHROMIUM); } || echo "warning: no chromium; the browser test will be skipped"
+	touch $(BROWSER_STAMP)
+
+browser: $(BROWSER_STAMP)
+
 demo: setup
 	$(BIN)/gristmill run curate -c configs/demo.yaml
 
-test: setup
+ui: setup
+	$(BIN)/gristmill serve
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
