@@ -17,6 +17,8 @@ class IngestParams(FrozenModel):
                                description="Named sources, files, folders or globs")
     format: RawFormat | None = Field(default=None, description="None = tell by file ending")
     text_field: str = "text"
+    max_records: int | None = Field(default=None, ge=1,
+                                    description="Only the first N records of each file")
     output: str = ".gristmill/ingest"
     config: IngestConfig = IngestConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -25,5 +27,6 @@ class IngestParams(FrozenModel):
 @flow(name="ingest", log_prints=True)
 def ingest_flow(params: IngestParams) -> StageResult:
     source = RawFilesInput.from_args(params.sources, fmt=params.format,
-                                     text_field=params.text_field)
+                                     text_field=params.text_field,
+                                     max_records=params.max_records)
     return run_stage_cached(Ingest, params.config, source, params.output, params.runtime)

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from glob import glob
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,6 +65,8 @@ class RawFile(BaseModel):
     source: str
     text_field: str = "text"
     meta: dict[str, str] = Field(default_factory=dict)
+    max_records: int | None = Field(
+        default=None, ge=1, description="Read only the first N records (demos, pilot runs)")
 
 
 class IngestInputError(ValueError):
@@ -76,7 +79,8 @@ def row_id(text: str) -> str:
 
 def _raw_file_sha256(raw: RawFile) -> str:
     """Pins a raw file: its bytes and how it is read (format, text field, source, metadata)."""
-    digest = hashlib.sha256(canonical_json(raw.model_dump(exclude={"path"})).encode())
+    options = raw.model_dump(exclude={"path"}, exclude_none=True)
+    digest = hashlib.sha256(canonical_json(options).encode())
     with open(raw.path, "rb") as handle:
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
@@ -94,11 +98,13 @@ class RawFilesInput:
 
     @classmethod
     def from_args(cls, sources: list[str], *, fmt: RawFormat | None = None,
-                  text_field: str = "text") -> RawFilesInput:
-        """Named sources (see `gristmill.sources`), files, folders or globs."""
+                  text_field: str = "text", max_records: int | None = None) -> RawFilesInput:
+        """Named sources (see `gristmill.sources`), files, folders or globs; `max_records`
+        keeps only the first records of each file."""
         files: list[RawFile] = []
         for arg in sources:
-            files.extend(_expand(arg, fmt, text_field))
+            files.extend(f.model_copy(update={"max_records": max_records})
+                         for f in _expand(arg, fmt, text_field))
         return cls(files)
 
     def units(self) -> list[WorkUnit]:
@@ -118,7 +124,8 @@ class RawFilesInput:
         raw = self.files[unit.index]
         meta = json.dumps(raw.meta, sort_keys=True)
         rows: list[tuple[str, bytes, str]] = []
-        for record in iter_records(raw.path, raw.format):
+        records = iter_records(raw.path, raw.format)
+        for record in islice(records, raw.max_records):
             rows.append(record)
             if len(rows) >= batch_rows:
                 yield _raw_table(rows, raw, meta)

@@ -156,3 +156,12 @@ def test_named_source_brown_ingests_all_documents_with_unique_ids(tmp_path: Path
     assert len(set(table.column("id").to_pylist())) == 500
     assert set(table.column("source").to_pylist()) == {"brown"}
     assert len(set(table.column("genre").to_pylist())) == 15
+
+
+def test_max_records_reads_only_the_head_of_each_file_and_changes_the_key(tmp_path: Path) -> None:
+    raw = tmp_path / "rows.jsonl"
+    raw.write_text("".join(f'{{"text": "row {i}"}}\n' for i in range(10)))
+    head = RawFilesInput.from_args([str(raw)], max_records=3)
+    rows = [t for unit in head.units() for t in head.read_unit(unit, 2)]
+    assert sum(t.num_rows for t in rows) == 3
+    assert head.refs() != RawFilesInput.from_args([str(raw)]).refs()
