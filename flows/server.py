@@ -6,6 +6,7 @@ run as a child process so Ctrl-C stops it after whatever was using it has stoppe
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import httpx
 
 STARTUP_SECONDS = 120.0
 STOP_SECONDS = 20.0
+PR_SET_PDEATHSIG = 1
 
 
 class PrefectServerError(RuntimeError):
@@ -55,6 +57,12 @@ def _tail(log: Path, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM when the parent dies, so a
+    killed `gristmill serve` never leaves an orphan server holding the port."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
@@ -86,7 +94,8 @@ def local_prefect_server(home: str | Path = ".gristmill/prefect", host: str = "1
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host,
              "--port", str(port)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
         _wait_until_up(process, api_url, log, STARTUP_SECONDS)
         yield api_url
