@@ -260,6 +260,9 @@ def _execute(stage: MapStage, source: StageInput, pending: list[WorkUnit], out: 
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus or None,
     )
+    # A unit (one input shard) reports only when done, and a model stage may take hours on
+    # one: Ray Data's no-progress watchdog (30 min by default) would fail healthy work.
+    results.context.execution_no_progress_timeout_s = -1
     task = progress.add_task(stage.name, total=len(pending)) if progress else None
     for row in results.iter_rows():
         record = UnitRecord.model_validate_json(row["record"]) if row["record"] else None
