@@ -1,40 +1,195 @@
-"""Flow: the end-to-end curation run, stage after stage, each output feeding the next."""
+"""Flow: raw sources -> training-ready shards, every method in order, each step resumable.
+
+ingest -> text_filter -> quality pool for the budget -> prune + dedup -> one dataset per
+domain -> temperature-scheduled mixture (the final shards), with two optional branches:
+image-text sources through caption fusion, and a retrieval datastore over the curated text.
+Every step is a cached Prefect task or sub-flow whose output is committed atomically, so a
+failed or killed run started again picks up at the first unfinished step.
+"""
 
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 
 from prefect import flow
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
+from gristmill.flows.build_datastore import BuildDatastoreParams, build_datastore_flow
+from gristmill.flows.curate_report import FunnelRow, run_report
+from gristmill.flows.filter_quality import FilterQualityParams, filter_quality_flow
+from gristmill.flows.fuse_captions import FuseCaptionsParams, fuse_captions_flow
+from gristmill.flows.mix import MixParams, mix_flow
+from gristmill.flows.prune import PruneParams, prune_flow
 from gristmill.flows.stage_task import run_stage_cached
+from gristmill.inference import GeneratorConfig
+from gristmill.scoring.temperature import CooldownSchedule, Schedule
 from gristmill.stages.base import DatasetInput
+from gristmill.stages.capsfusion import CapsFusionConfig
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.partition import PartitionConfig, run_partition
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
+from gristmill.storage.mixture import DomainSpec, MixtureConfig
+
+
+class CaptionsStep(FrozenModel):
+    """Image-text sources (alt-text + synthetic caption per image) through CapsFusion."""
+
+    enabled: bool = False
+    sources: list[str] = Field(default_factory=lambda: ["openclipart_captions"])
+    max_records: int | None = Field(default=None, ge=1,
+                                    description="Only the first N records of each file")
+    ingest: IngestConfig = IngestConfig(promote_fields=["synthetic_caption", "image_path"])
+    fusion: CapsFusionConfig = CapsFusionConfig(
+        few_shot=2, max_prompt_tokens=512,
+        generator=GeneratorConfig(num_beams=3, do_sample=False, max_new_tokens=48))
+
+
+class MixStep(FrozenModel):
+    """How the curated rows are split into domains and mixed into the final shards."""
+
+    domain_column: str = Field(default="source", description="One domain per value")
+    schedule: Schedule = Field(default_factory=CooldownSchedule,
+                               description="Temperature over training (default: Cooldown)")
+    total_steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    seed: int = 0
 
 
 class CurateParams(FrozenModel):
     sources: list[str] = Field(default_factory=lambda: ["brown", "spam_assassin"],
                                description="Named sources, files, folders or globs")
+    max_records: int | None = Field(default=None, ge=1,
+                                    description="Only the first N records of each file")
     work_dir: str = Field(default=".gristmill/curate",
-                          description="Each stage writes <work_dir>/<stage>")
+                          description="Each step writes its own folder under this one")
     ingest: IngestConfig = IngestConfig()
     text_filter: TextFilterConfig = TextFilterConfig()
+    captions: CaptionsStep = CaptionsStep()
+    quality: FilterQualityParams | None = Field(
+        default_factory=FilterQualityParams,
+        description="Quality pool for the budget (its input and work_dir are set by curate); "
+                    "null skips the step")
+    prune: PruneParams | None = Field(
+        default_factory=PruneParams,
+        description="Dedup and prototype pruning (input and output set by curate); "
+                    "null skips the step")
+    mix: MixStep = MixStep()
+    datastore: BuildDatastoreParams | None = Field(
+        default=None,
+        description="A retrieval datastore over the curated text, before mixing (inputs, "
+                    "output and work_dir set by curate); null skips the step")
     runtime: RuntimeConfig = RuntimeConfig()
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.work_dir, *parts)
+
+
+class Progress:
+    """A Prefect progress artifact that moves as steps finish."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.done = steps, 0
+        self.artifact_id = create_progress_artifact(
+            0.0, key="curate-progress", description="curate: share of steps finished")
+
+    def step(self) -> None:
+        self.done += 1
+        update_progress_artifact(self.artifact_id, 100.0 * self.done / self.steps)
+
+
+def _funnel(step: str, result: StageResult) -> FunnelRow:
+    stats = result.stats
+    return FunnelRow(step=step, rows_in=stats.rows_in, rows_out=stats.rows_out,
+                     rows_rejected=stats.rows_rejected, reasons=dict(stats.reject_reasons),
+                     output=result.output, reused=result.reused)
+
+
+def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow],
+                plots: Path) -> str:
+    """ingest -> text_filter -> quality -> prune; returns the curated dataset's URI."""
+    runtime, verify = params.runtime, params.runtime.storage.verify_inputs
+    ingested = run_stage_cached(
+        Ingest, params.ingest, RawFilesInput.from_args(params.sources,
+                                                       max_records=params.max_records),
+        params.path("ingest"), runtime)
+    funnel.append(_funnel("ingest", ingested))
+    progress.step()
+    filtered = run_stage_cached(TextFilter, params.text_filter,
+                                DatasetInput(ingested.output, verify=verify),
+                                params.path("text_filter"), runtime)
+    funnel.append(_funnel("text_filter", filtered))
+    progress.step()
+    current = filtered.output
+    if params.quality is not None:
+        quality = params.quality.with_(input=current, work_dir=params.path("quality"),
+                                       plot=str(plots / "quality_pools.png"), runtime=runtime)
+        selected = filter_quality_flow(quality)[-1]
+        funnel.append(_funnel("quality_filter", selected))
+        current = selected.output
+    progress.step()
+    if params.prune is not None:
+        prune = params.prune.with_(input=current, output=params.path("prune"),
+                                   plots=str(plots), runtime=runtime)
+        selected = prune_flow(prune)
+        funnel.append(_funnel("prune", selected))
+        current = selected.output
+    progress.step()
+    return current
 
 
 @flow(name="curate", log_prints=True)
 def curate_flow(params: CurateParams) -> list[StageResult]:
-    ingested = run_stage_cached(
-        Ingest, params.ingest, RawFilesInput.from_args(params.sources),
-        posixpath.join(params.work_dir, "ingest"), params.runtime)
-    filtered = run_stage_cached(
-        TextFilter, params.text_filter,
-        DatasetInput(ingested.output, verify=params.runtime.storage.verify_inputs),
-        posixpath.join(params.work_dir, "text_filter"), params.runtime)
-    for result in (ingested, filtered):
-        print(f"{result.stage}: {result.stats.rows_in:,} in, {result.stats.rows_out:,} out, "
-              f"{result.stats.rows_rejected:,} rejected -> {result.output}")
-    return [ingested, filtered]
+    """Raw sources to training-ready mixture shards (and fused captions, and a datastore)."""
+    plots = Path(params.path("plots"))
+    plots.mkdir(parents=True, exist_ok=True)
+    progress = Progress(steps=7 + params.captions.enabled + (params.datastore is not None))
+    funnel: list[FunnelRow] = []
+    results: list[StageResult] = []
+    if params.captions.enabled:
+        captions = params.captions
+        caption_rows = run_stage_cached(
+            Ingest, captions.ingest,
+            RawFilesInput.from_args(captions.sources, max_records=captions.max_records),
+            params.path("captions", "ingest"), params.runtime)
+        funnel.append(_funnel("captions: ingest", caption_rows))
+        fused = fuse_captions_flow(FuseCaptionsParams(
+            input=caption_rows.output, output=params.path("captions", "fused"),
+            config=captions.fusion, runtime=params.runtime))
+        funnel.append(_funnel("captions: capsfusion", fused))
+        results.append(fused)
+        progress.step()
+
+    curated = _text_steps(params, progress, funnel, plots)
+    domains = run_partition(curated, params.path("domains"),
+                            PartitionConfig(column=params.mix.domain_column), params.runtime)
+    progress.step()
+    mixture = MixtureConfig(
+        domains=[DomainSpec(name=name, uri=uri) for name, uri in domains.items()],
+        schedule=params.mix.schedule, total_steps=params.mix.total_steps,
+        batch_size=params.mix.batch_size, seed=params.mix.seed)
+    mixed = mix_flow(MixParams(mixture=mixture, output=params.path("final"),
+                               plot=str(plots / "mixture.png"), runtime=params.runtime))
+    funnel.append(_funnel("mix (final shards)", mixed))
+    results.append(mixed)
+    progress.step()
+    if params.datastore is not None:
+        built = build_datastore_flow(params.datastore.with_(
+            inputs=[curated], output=params.path("datastore"),
+            work_dir=params.path("datastore_work"), runtime=params.runtime))
+        funnel.extend(_funnel(f"datastore: {r.stage}", r) for r in built)
+        progress.step()
+    create_markdown_artifact(run_report(funnel, domains, mixed.output, plots),
+                             key="curate-report", description="curate: funnel, plots, output")
+    for row in funnel:
+        print(f"{row.step}: {row.rows_in:,} in, {row.rows_out:,} out, "
+              f"{row.rows_rejected:,} rejected -> {row.output}")
+    progress.step()
+    return results

@@ -25,6 +25,7 @@ console = Console()
 EXPECTED_ERRORS = (ConfigError, DatasetError, SourceError, StageInputError, StageFailedError,
                    IngestInputError, UnknownFormatError)
 
+DEFAULT_SCHEDULES = Path("configs/schedules.yaml")
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="Override a config value: key.path=value (repeatable)")]
@@ -118,6 +119,30 @@ def run(
 
 
 @app.command()
+def serve(
+    schedules: Annotated[Path | None, typer.Option(
+        help="YAML of deployments' default configs and schedules "
+             "[default: configs/schedules.yaml when present]")] = None,
+    host: Annotated[str, typer.Option(help="Local server address (loopback by default)")] =
+        "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Local server port")] = 4200,
+    home: Annotated[str, typer.Option(help="Local server data folder")] = ".gristmill/prefect",
+) -> None:
+    """Serve every flow as a Prefect deployment (UI, API, schedules) until Ctrl-C.
+
+    Uses the Prefect server PREFECT_API_URL names; without it starts a local one."""
+    from gristmill.flows.deploy import load_serve_spec, serve_flows
+    from gristmill.flows.server import PrefectServerError
+
+    try:
+        if schedules is None and DEFAULT_SCHEDULES.exists():
+            schedules = DEFAULT_SCHEDULES
+        serve_flows(load_serve_spec(schedules), home=home, host=host, port=port)
+    except (ConfigError, PrefectServerError) as err:
+        _fail(err)
+
+
+@app.command()
 def inspect(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or URI")],
     rows: Annotated[int, typer.Option(help="Sample rows to show")] = 3,
@@ -166,6 +191,14 @@ def _short(value: object, limit: int = 120) -> object:
         return _short(json.dumps(value), limit)
     return value
 
+
+from gristmill.plan_filter import plan_filter  # noqa: E402  (a command defined in its own module)
+
+app.command(name="plan-filter")(plan_filter)
+
+from gristmill.retrieval.cli import app as datastore_app  # noqa: E402  (its own sub-app)
+
+app.add_typer(datastore_app, name="datastore")
 
 if __name__ == "__main__":
     app()

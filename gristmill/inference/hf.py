@@ -23,6 +23,33 @@ from gristmill.inference.prompts import (
 )
 
 
+class RowSeededSampler:
+    """A last logits processor that samples each row from its own seeded generator (with
+    temperature and top-p) and leaves only that token possible, so HF's own sampling step
+    picks it. Row r is prompt r // n's (r % n)-th completion."""
+
+    def __init__(self, seeds: list[int], n: int, temperature: float, top_p: float) -> None:
+        self.seeds, self.n, self.temperature, self.top_p = seeds, n, temperature, top_p
+        self.generators: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if not self.generators:
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(
+                    (self.seeds[r // self.n] * 1_000_003 + r % self.n) % 2**63)
+                for r in range(scores.shape[0])]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        ordered, order = probs.sort(dim=-1, descending=True)
+        drop = ordered.cumsum(dim=-1) - ordered >= self.top_p  # the nucleus keeps the top one
+        ordered = ordered.masked_fill(drop, 0.0)
+        picked = torch.stack([order[r, torch.multinomial(ordered[r], 1, generator=g)]
+                              for r, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(1, picked.view(-1, 1), 0.0)
+
+
 class TransformersGenerator:
     """Loads lazily (or in `load()`, from a stage's setup) and pickles without its model."""
 
@@ -59,18 +86,25 @@ class TransformersGenerator:
         rendered = render_prompts(self.tokenizer, self.config, texts)
         return count_rendered(self.tokenizer, self.config, rendered)
 
-    def generate(self, prompts: list[str]) -> list[list[Generation]]:
-        """`num_return_sequences` completions per prompt, in prompt order."""
+    def generate(self, prompts: list[str],
+                 seeds: list[int] | None = None) -> list[list[Generation]]:
+        """`num_return_sequences` completions per prompt, in prompt order. With `seeds` (one
+        per prompt, sampling only) each prompt samples from its own seeded stream, so its
+        completions do not depend on the batch it shares."""
         import torch
 
         cfg = self.config
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         rendered = render_prompts(self.tokenizer, cfg, prompts)
         check_lengths(count_rendered(self.tokenizer, cfg, rendered), cfg.max_prompt_tokens)
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)  # same prompts + config -> same completions
         out: list[list[Generation]] = []
         for start in range(0, len(rendered), cfg.batch_size):
-            out.extend(self._generate_batch(rendered[start:start + cfg.batch_size]))
+            stop = start + cfg.batch_size
+            out.extend(self._generate_batch(rendered[start:stop],
+                                            None if seeds is None else seeds[start:stop]))
         return out
 
     def _generation_config(self) -> Any:
@@ -87,14 +121,21 @@ class TransformersGenerator:
         gen.update(**settings)
         return gen
 
-    def _generate_batch(self, rendered: list[str]) -> list[list[Generation]]:
+    def _generate_batch(self, rendered: list[str],
+                        seeds: list[int] | None = None) -> list[list[Generation]]:
         import torch
 
         cfg = self.config
         enc = self.tokenizer(rendered, return_tensors="pt", padding=True,
                              add_special_tokens=add_special_tokens(cfg)).to(self.model.device)
         gen = self._generation_config()
-        extra = {"tokenizer": self.tokenizer} if gen.stop_strings else {}
+        extra: dict[str, Any] = {"tokenizer": self.tokenizer} if gen.stop_strings else {}
+        if seeds is not None and cfg.do_sample and cfg.num_beams == 1:
+            from transformers import LogitsProcessorList
+
+            gen.update(temperature=1.0, top_p=1.0, top_k=0)  # the sampler does both itself
+            extra["logits_processor"] = LogitsProcessorList([RowSeededSampler(
+                seeds, cfg.num_return_sequences, cfg.temperature, cfg.top_p)])
         with torch.inference_mode():
             sequences = self.model.generate(**enc, generation_config=gen, **extra)
         new = sequences[:, enc["input_ids"].shape[1]:].tolist()

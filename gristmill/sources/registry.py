@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gristmill.sources import (
     brown,
+    champ,
     evals_data,
     fortunes,
     gsm8k,
@@ -35,6 +36,7 @@ BUILDERS: dict[str, Builder] = {
     "gsm8k": gsm8k.build,
     "fortunes": fortunes.build,
     "tuxpaint": tuxpaint.build,
+    "champ": champ.build,
 }
 
 
@@ -161,6 +163,10 @@ SOURCES: tuple[SourceSpec, ...] = (
         gsm8k.ALL_FILE,
         dataset="gsm8k",
     ),
+    _jsonl("champ", "270 CHAMP competition math problems with answers and solutions",
+           champ.PROBLEMS_FILE),
+    _jsonl("champ_model_solutions", "Model solutions to CHAMP problems ending in \\boxed{}",
+           champ.SOLUTIONS_FILE, dataset="champ"),
     SourceSpec(
         name="fortunes",
         description="fortune(6) cookies in 12 languages, very imbalanced, one file not UTF-8",

@@ -1,0 +1,128 @@
+"""After retrieval (MassiveDS): subsample, drop short passages, decontaminate, dedup, rerank.
+
+Candidates are walked best first and each filter only looks at what survived the ones
+before, so the work stops once k passages are kept. Subsampling is a coin flip per passage
+keyed by (seed, passage id): the same coin a datastore subsampled before indexing would use,
+so the top-k matches that smaller datastore whenever at least k of the K candidates survive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import xxhash
+from pydantic import BaseModel, Field
+
+from gristmill.config import FrozenModel
+from gristmill.scoring.near_dup import MinHasher, jaccard, ngram_overlap
+
+COIN_SCALE = float(2 ** 64)
+
+
+class SearchOptions(FrozenModel):
+    """Per-request knobs; defaults follow MassiveDS (K=1000, k=3, 13-gram MinHash at 0.8)."""
+
+    k: int = Field(default=3, ge=1, description="Passages returned per query")
+    candidates: int = Field(default=1000, ge=1, description="K: top-K taken from every shard")
+    nprobe: int | None = Field(default=None, ge=1, description="IVF lists; None = datastore's")
+    min_words: int = Field(default=13, ge=0, description="Drop passages with fewer words")
+    dedup: bool = True
+    dedup_threshold: float = Field(default=0.8, ge=0, le=1, description="MinHash Jaccard")
+    minhash_ngram: int = Field(default=13, ge=1)
+    minhash_perms: int = Field(default=128, ge=1)
+    decontaminate_query: bool = Field(
+        default=True, description="Treat the query itself as eval text to decontaminate against")
+    decontam_ngram: int = Field(default=13, ge=1)
+    decontam_threshold: float = Field(
+        default=0.8, ge=0, le=1,
+        description="Drop a passage when this share of the eval text's n-grams is in it, "
+                    "or of its n-grams is in the eval text")
+    subsample: float | None = Field(
+        default=None, gt=0, le=1, description="Keep each passage with this probability")
+    seed: int = 0
+    rerank: bool = Field(
+        default=False, description="Re-score survivors by their full inner product: stored "
+                                   "vectors when the datastore keeps them, else re-embedded text")
+    rerank_depth: int = Field(default=100, ge=1, description="Survivors re-scored by rerank")
+
+
+class Hit(BaseModel):
+    """One retrieved passage."""
+
+    id: str
+    score: float
+    shard_id: int
+    row: int
+    text: str
+    parent_id: str | None = None
+    word_count: int
+
+
+class Passage(BaseModel):
+    """What a filter sees of a candidate (its text fetched from the shard's passages)."""
+
+    id: str
+    text: str
+    parent_id: str | None
+    word_count: int
+
+
+def coin(seed: int, passage_id: str, rate: float) -> bool:
+    """Keep this passage in a datastore subsampled at `rate`? Same answer before or after."""
+    return xxhash.xxh3_64_intdigest(f"{seed}:{passage_id}".encode()) / COIN_SCALE < rate
+
+
+def contaminated(text: str, evals: Sequence[str], n: int, threshold: float) -> bool:
+    return any(ngram_overlap(e, text, n) >= threshold or ngram_overlap(text, e, n) >= threshold
+               for e in evals)
+
+
+class NearDupFilter:
+    """Greedy MinHash dedup: a passage too similar to one already kept is dropped."""
+
+    def __init__(self, options: SearchOptions) -> None:
+        self.hasher = MinHasher(num_perm=options.minhash_perms, ngram=options.minhash_ngram)
+        self.threshold = options.dedup_threshold
+        self.kept: list[np.ndarray] = []
+
+    def admit(self, text: str) -> bool:
+        signature = self.hasher.signatures([text])[0]
+        if self.kept and np.max(jaccard(np.stack(self.kept), signature)) > self.threshold:
+            return False
+        self.kept.append(signature)
+        return True
+
+
+Fetch = Callable[[int, int], Passage]
+Rescore = Callable[[list[Hit]], np.ndarray]
+
+
+def select(scores: np.ndarray, shards: np.ndarray, rows: np.ndarray, fetch: Fetch,
+           options: SearchOptions, evals: Sequence[str],
+           rescore: Rescore | None = None) -> list[Hit]:
+    """One query's candidates (best first) -> its top-k hits after every filter."""
+    want = options.rerank_depth if rescore is not None else options.k
+    dedup = NearDupFilter(options) if options.dedup else None
+    kept: list[Hit] = []
+    for score, shard, row in zip(scores, shards, rows, strict=True):
+        if len(kept) >= max(want, options.k):
+            break
+        passage = fetch(int(shard), int(row))
+        if options.subsample is not None and not coin(options.seed, passage.id,
+                                                      options.subsample):
+            continue
+        if passage.word_count < options.min_words:
+            continue
+        if evals and contaminated(passage.text, evals, options.decontam_ngram,
+                                  options.decontam_threshold):
+            continue
+        if dedup is not None and not dedup.admit(passage.text):
+            continue
+        kept.append(Hit(score=float(score), shard_id=int(shard), row=int(row),
+                        **passage.model_dump()))
+    if rescore is not None and kept:
+        exact = rescore(kept)
+        kept = [h.model_copy(update={"score": float(s)}) for h, s in zip(kept, exact, strict=True)]
+        kept.sort(key=lambda h: (-h.score, h.shard_id, h.row))
+    return kept[:options.k]

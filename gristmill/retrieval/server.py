@@ -1,0 +1,125 @@
+"""The datastore's HTTP API: `POST /search` and `GET /health`, served by uvicorn.
+
+Requests are validated before any work (422 with the failing field for a malformed body,
+400 for limits, 401 for a missing or wrong bearer token), so a bad client never reaches the
+index. The server binds to loopback unless told otherwise. Searches run in FastAPI's thread
+pool; FAISS releases the GIL, so concurrent requests overlap on shard search.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from gristmill.config import FrozenModel
+from gristmill.retrieval.postprocess import Hit, SearchOptions
+from gristmill.retrieval.retriever import Retriever
+
+
+class ServerConfig(FrozenModel):
+    """Where to listen and what a single request may ask for."""
+
+    host: str = Field(default="127.0.0.1", description="Loopback by default; 0.0.0.0 exposes it")
+    port: int = Field(default=8765, ge=0, le=65535)
+    token: str | None = Field(default=None, description="Require `Authorization: Bearer <token>`")
+    max_query_chars: int = Field(default=2000, ge=1)
+    max_batch: int = Field(default=64, ge=1, description="Queries per request")
+    max_k: int = Field(default=100, ge=1)
+    max_candidates: int = Field(default=1000, ge=1, description="Largest K a request may ask")
+    max_eval_texts: int = Field(default=64, ge=0)
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[str] | str = Field(description="One query or a list of queries")
+    k: int = Field(default=3, ge=1)
+    options: dict[str, object] = Field(
+        default_factory=dict, description="Any SearchOptions field except k")
+    eval_texts: list[str] = Field(default_factory=list,
+                                  description="Texts to decontaminate the results against")
+
+
+class QueryResult(BaseModel):
+    query: str
+    hits: list[Hit]
+
+
+class SearchResponse(BaseModel):
+    results: list[QueryResult]
+    seconds: float
+
+
+def _limits(request: SearchRequest, config: ServerConfig) -> tuple[list[str], SearchOptions]:
+    queries = [request.queries] if isinstance(request.queries, str) else request.queries
+    problems = []
+    if not queries:
+        problems.append("queries is empty")
+    if len(queries) > config.max_batch:
+        problems.append(f"{len(queries)} queries; at most {config.max_batch} per request")
+    if any(not q.strip() for q in queries):
+        problems.append("a query is empty or blank")
+    long = [i for i, q in enumerate(queries) if len(q) > config.max_query_chars]
+    if long:
+        problems.append(f"queries {long[:5]} exceed {config.max_query_chars} characters")
+    if request.k > config.max_k:
+        problems.append(f"k={request.k}; at most {config.max_k}")
+    if len(request.eval_texts) > config.max_eval_texts:
+        problems.append(f"{len(request.eval_texts)} eval_texts; at most {config.max_eval_texts}")
+    if "k" in request.options:
+        problems.append("give k at the top level, not in options")
+    if problems:
+        raise HTTPException(400, "; ".join(problems))
+    try:
+        options = SearchOptions.model_validate({**request.options, "k": request.k})
+    except ValueError as err:
+        raise HTTPException(422, f"invalid options: {err}") from err
+    if options.candidates > config.max_candidates:
+        raise HTTPException(400, f"candidates={options.candidates}; at most "
+                                 f"{config.max_candidates}")
+    return queries, options.with_(candidates=max(options.candidates, options.k))
+
+
+def create_app(retriever: Retriever, config: ServerConfig | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    app = FastAPI(title="gristmill datastore", version="1")
+
+    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+        if config.token is None:
+            return
+        expected = f"Bearer {config.token}"
+        if authorization is None or not hmac.compare_digest(authorization.encode(),
+                                                            expected.encode()):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    def health() -> dict[str, object]:
+        manifest = retriever.store.manifest
+        return {"status": "ok", "shards": len(manifest.shards),
+                "vectors": manifest.total_vectors, "index": manifest.index.kind,
+                "dim": manifest.dim}
+
+    @app.post("/search", dependencies=[Depends(authorize)])
+    async def search(request: SearchRequest) -> SearchResponse:
+        queries, options = _limits(request, config)
+        started = time.perf_counter()
+        hits = await run_in_threadpool(retriever.search, queries, options, request.eval_texts)
+        return SearchResponse(
+            results=[QueryResult(query=q, hits=h) for q, h in zip(queries, hits, strict=True)],
+            seconds=time.perf_counter() - started)
+
+    return app
+
+
+def serve(retriever: Retriever, config: ServerConfig) -> None:
+    """Run uvicorn in this process until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(retriever, config), host=config.host, port=config.port,
+                log_level="warning")

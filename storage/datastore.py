@@ -1,0 +1,413 @@
+"""The retrieval datastore on disk: per-shard FAISS indexes beside their passages.
+
+Layout under the datastore root:
+
+    manifest.json                 written last and atomically: its presence = committed
+    trained.faiss                 IVF-PQ only: the empty index trained once on a sample
+    shards/shard-00003/index.faiss
+    shards/shard-00003/passages/  a gristmill dataset; row i is the vector with faiss id i
+
+Every shard starts from the same trained index (coarse quantizer, PQ codebooks, optional
+OPQ rotation), so shards are built in parallel and new document shards are added later
+without retraining. Scores are inner products, as in MassiveDS.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from gristmill.config import FrozenModel
+from gristmill.storage.checksum import (
+    DEFAULT_CHECKSUM,
+    algorithm_of,
+    format_checksum,
+    new_hasher,
+)
+from gristmill.storage.errors import DatasetError
+from gristmill.storage.fs import Location, read_bytes, resolve, write_bytes_atomic
+from gristmill.storage.manifest import InputRef
+from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TRAINED = "trained.faiss"
+
+
+class DatastoreError(DatasetError):
+    """A datastore that is missing, inconsistent, or asked to do what it cannot."""
+
+
+class IndexSpec(FrozenModel):
+    """Which FAISS index each shard holds; IVF-PQ defaults follow MassiveDS's reference."""
+
+    kind: Literal["flat", "ivfpq"] = Field(
+        default="flat", description="flat: exact inner product; ivfpq: compressed, approximate")
+    nlist: int = Field(default=2048, ge=1, description="IVF coarse centroids")
+    pq_m: int = Field(default=16, ge=1, description="PQ sub-quantizers (bytes per vector)")
+    pq_bits: int = Field(default=8, ge=1, le=16, description="Bits per sub-quantizer code")
+    opq: bool = Field(default=False, description="Learn an OPQ rotation before PQ")
+    nprobe: int = Field(default=64, ge=1, description="IVF lists visited per query")
+    train_size: int = Field(default=100_000, ge=1, description="Vectors sampled to train")
+    keep_vectors: bool = Field(
+        default=False, description="Also store each shard's vectors (float16) so search can "
+                                   "rerank candidates by their full inner product")
+    seed: int = 0
+
+    def factory(self) -> str:
+        if self.kind == "flat":
+            return "Flat"
+        rotation = f"OPQ{self.pq_m}," if self.opq else ""
+        return f"{rotation}IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}"
+
+    def bytes_per_vector(self, dim: int) -> int:
+        """Stored bytes per vector: codes plus the 8-byte id an IVF list keeps."""
+        if self.kind == "flat":
+            return 4 * dim
+        return (self.pq_m * self.pq_bits + 7) // 8 + 8
+
+
+class TrainingInfo(BaseModel):
+    file: str
+    sample_size: int
+    seed: int
+    checksum: str
+    seconds: float
+
+
+class DatastoreShard(BaseModel):
+    shard_id: int
+    index_file: str
+    passages: str
+    vectors_file: str | None = None
+    vectors: int
+    index_bytes: int
+    checksum: str
+    added: datetime
+
+
+class DatastoreManifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    dim: int
+    metric: Literal["inner_product"] = "inner_product"
+    index: IndexSpec
+    embedder: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingInfo | None = None
+    shards: list[DatastoreShard] = Field(default_factory=list)
+    inputs: list[InputRef] = Field(
+        default_factory=list, description="Embedded datasets already added (incremental builds)")
+    created: datetime
+    updated: datetime
+
+    @property
+    def total_vectors(self) -> int:
+        return sum(s.vectors for s in self.shards)
+
+    @property
+    def index_bytes(self) -> int:
+        return sum(s.index_bytes for s in self.shards)
+
+
+def _checksum(data: bytes) -> str:
+    hasher = new_hasher(DEFAULT_CHECKSUM)
+    hasher.update(data)
+    return format_checksum(DEFAULT_CHECKSUM, hasher)
+
+
+def _verify(data: bytes, expected: str, what: str) -> None:
+    hasher = new_hasher(algorithm_of(expected))
+    hasher.update(data)
+    if format_checksum(algorithm_of(expected), hasher) != expected:
+        raise DatastoreError(f"{what} does not match its checksum in the manifest")
+
+
+def serialize(index: Any) -> bytes:
+    import faiss
+
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize(data: bytes) -> Any:
+    import faiss
+
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+def as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """C-contiguous float32 (n, dim), the only layout FAISS takes."""
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise DatastoreError(f"vectors have shape {matrix.shape}; the datastore holds {dim}-d")
+    return matrix
+
+
+def train_index(spec: IndexSpec, dim: int, sample: np.ndarray) -> Any:
+    """An empty index with its quantizers learned from `sample` (nothing is added)."""
+    import faiss
+
+    sample = as_matrix(sample, dim)
+    index = faiss.index_factory(dim, spec.factory(), faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "ivfpq":
+        need = max(spec.nlist, 2 ** spec.pq_bits)
+        if len(sample) < need:
+            raise DatastoreError(f"IVF-PQ with nlist={spec.nlist}, {spec.pq_bits}-bit codes "
+                                 f"needs at least {need} training vectors, got {len(sample)}")
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.cp.seed = spec.seed
+        ivf.pq.cp.seed = spec.seed
+        # polysemous codes only serve Hamming pre-filtering, which search never uses, and
+        # training them costs minutes even on a few hundred vectors
+        ivf.do_polysemous_training = False
+        index.train(sample)
+    return index
+
+
+def set_nprobe(index: Any, nprobe: int) -> None:
+    import faiss
+
+    if faiss.try_extract_index_ivf(index) is not None:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+
+
+class Datastore:
+    """A committed datastore: its manifest, and shards opened on first use."""
+
+    def __init__(self, location: Location, manifest: DatastoreManifest) -> None:
+        self.location = location
+        self.manifest = manifest
+        self._indexes: dict[int, Any] = {}
+        self._passages: dict[int, Dataset] = {}
+        self._vectors: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, uri: str | Location) -> Datastore:
+        location = resolve(uri)
+        path = location.join(MANIFEST)
+        if not path.exists():
+            raise DatastoreError(f"{location.uri()} is not a datastore (no {MANIFEST})")
+        return cls(location, DatastoreManifest.model_validate_json(read_bytes(path)))
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri()
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return [s.shard_id for s in self.manifest.shards]
+
+    def shard(self, shard_id: int) -> DatastoreShard:
+        for entry in self.manifest.shards:
+            if entry.shard_id == shard_id:
+                return entry
+        raise DatastoreError(f"datastore {self.uri} has no shard {shard_id}")
+
+    def index(self, shard_id: int, *, verify: bool = False) -> Any:
+        """The shard's FAISS index, loaded once, with the manifest's nprobe."""
+        if shard_id not in self._indexes:
+            entry = self.shard(shard_id)
+            data = read_bytes(self.location.join(entry.index_file))
+            if verify:
+                _verify(data, entry.checksum, f"shard {shard_id} index")
+            index = deserialize(data)
+            if index.ntotal != entry.vectors:
+                raise DatastoreError(f"shard {shard_id} index holds {index.ntotal} vectors, "
+                                     f"the manifest says {entry.vectors}")
+            set_nprobe(index, self.manifest.index.nprobe)
+            self._indexes[shard_id] = index
+        return self._indexes[shard_id]
+
+    def passages(self, shard_id: int) -> Dataset:
+        if shard_id not in self._passages:
+            self._passages[shard_id] = Dataset.open(
+                self.location.join(self.shard(shard_id).passages))
+        return self._passages[shard_id]
+
+    def vectors(self, shard_id: int) -> np.ndarray | None:
+        """The shard's stored float16 vectors (memory-mapped when local), if kept."""
+        entry = self.shard(shard_id)
+        if entry.vectors_file is None:
+            return None
+        if shard_id not in self._vectors:
+            location = self.location.join(entry.vectors_file)
+            if location.is_local:
+                self._vectors[shard_id] = np.load(location.path, mmap_mode="r")
+            else:
+                self._vectors[shard_id] = np.load(io.BytesIO(read_bytes(location)))
+        return self._vectors[shard_id]
+
+    def load(self) -> Datastore:
+        """Open every shard now (a server does this before taking requests)."""
+        for shard_id in self.shard_ids:
+            self.index(shard_id)
+            self.passages(shard_id)
+        return self
+
+    def trained_index(self) -> Any:
+        training = self.manifest.training
+        if training is None:
+            import faiss
+
+            return faiss.index_factory(self.manifest.dim, self.manifest.index.factory(),
+                                       faiss.METRIC_INNER_PRODUCT)
+        data = read_bytes(self.location.join(training.file))
+        _verify(data, training.checksum, "trained index")
+        return deserialize(data)
+
+
+def shard_folder(shard_id: int) -> str:
+    return posixpath.join("shards", f"shard-{shard_id:05d}")
+
+
+def write_shard(root: str | Location, shard_id: int, trained: bytes, vectors: np.ndarray,
+                passages: pa.Table, dim: int, *, keep_vectors: bool = False) -> DatastoreShard:
+    """Add one shard's vectors to a copy of the trained index and write index + passages.
+
+    A pure function of its arguments (no manifest change), so shards are written in
+    parallel by threads or Ray tasks and then committed together.
+    """
+    location = resolve(root)
+    matrix = as_matrix(vectors, dim)
+    if len(matrix) != passages.num_rows:
+        raise DatastoreError(f"shard {shard_id}: {len(matrix)} vectors for "
+                             f"{passages.num_rows} passages")
+    index = deserialize(trained)
+    index.add(matrix)
+    data = serialize(index)
+    folder = shard_folder(shard_id)
+    index_file = posixpath.join(folder, "index.faiss")
+    passages_dir = posixpath.join(folder, "passages")
+    write_table(location.join(passages_dir), passages, overwrite=True)
+    write_bytes_atomic(location.join(index_file), data)
+    vectors_file = None
+    if keep_vectors:
+        vectors_file = posixpath.join(folder, "vectors.npy")
+        buffer = io.BytesIO()
+        np.save(buffer, matrix.astype(np.float16))
+        write_bytes_atomic(location.join(vectors_file), buffer.getvalue())
+    return DatastoreShard(shard_id=shard_id, index_file=index_file, passages=passages_dir,
+                          vectors_file=vectors_file, vectors=len(matrix), index_bytes=len(data),
+                          checksum=_checksum(data), added=datetime.now(UTC))
+
+
+class DatastoreBuilder:
+    """Create a datastore (train once) or extend a committed one; commit writes the manifest.
+
+    Typical use: `builder = DatastoreBuilder.create(uri, spec, dim)`, `builder.train(sample)`,
+    `write_shard(uri, s, builder.trained, ...)` for each shard (in parallel), then
+    `builder.commit(entries)`. `DatastoreBuilder.extend(uri)` reuses the stored training.
+    """
+
+    def __init__(self, location: Location, manifest: DatastoreManifest, trained: bytes) -> None:
+        self.location = location
+        self.manifest = manifest
+        self.trained = trained
+
+    @classmethod
+    def create(cls, uri: str | Location, spec: IndexSpec, dim: int, *,
+               embedder: dict[str, Any] | None = None) -> DatastoreBuilder:
+        import faiss
+
+        location = resolve(uri)
+        if location.join(MANIFEST).exists():
+            raise DatastoreError(f"{location.uri()} already holds a datastore; use extend()")
+        now = datetime.now(UTC)
+        manifest = DatastoreManifest(dim=dim, index=spec, embedder=embedder or {},
+                                     created=now, updated=now)
+        empty = faiss.index_factory(dim, spec.factory(), faiss.METRIC_INNER_PRODUCT)
+        return cls(location, manifest, serialize(empty))
+
+    @classmethod
+    def extend(cls, uri: str | Location) -> DatastoreBuilder:
+        store = Datastore.open(uri)
+        return cls(store.location, store.manifest, serialize(store.trained_index()))
+
+    @property
+    def needs_training(self) -> bool:
+        return self.manifest.index.kind != "flat" and self.manifest.training is None
+
+    def train(self, sample: np.ndarray) -> None:
+        """Learn the quantizers once; a no-op for Flat, refused once trained."""
+        if not self.needs_training:
+            if self.manifest.training is not None:
+                raise DatastoreError("this datastore is trained already; shards add without "
+                                     "retraining")
+            return
+        started = time.perf_counter()
+        data = serialize(train_index(self.manifest.index, self.manifest.dim, sample))
+        seconds = time.perf_counter() - started
+        write_bytes_atomic(self.location.join(TRAINED), data)
+        self.trained = data
+        self.manifest = self.manifest.model_copy(update={"training": TrainingInfo(
+            file=TRAINED, sample_size=len(sample), seed=self.manifest.index.seed,
+            checksum=_checksum(data), seconds=seconds)})
+
+    def next_shard_id(self) -> int:
+        return max((s.shard_id for s in self.manifest.shards), default=-1) + 1
+
+    def add_shard(self, shard_id: int, vectors: np.ndarray,
+                  passages: pa.Table) -> DatastoreShard:
+        """Write one shard now (single process); commit() still has to list it."""
+        self._check_trained()
+        return write_shard(self.location, shard_id, self.trained, vectors, passages,
+                           self.manifest.dim, keep_vectors=self.manifest.index.keep_vectors)
+
+    def commit(self, entries: list[DatastoreShard],
+               inputs: Sequence[InputRef] = ()) -> DatastoreManifest:
+        """List the new shards in the manifest, replacing it atomically."""
+        self._check_trained()
+        known = {s.shard_id for s in self.manifest.shards}
+        clash = sorted(known & {e.shard_id for e in entries})
+        if clash or len({e.shard_id for e in entries}) != len(entries):
+            raise DatastoreError(f"shard ids already in the datastore or repeated: {clash}")
+        shards = sorted([*self.manifest.shards, *entries], key=lambda s: s.shard_id)
+        self.manifest = self.manifest.model_copy(
+            update={"shards": shards, "inputs": [*self.manifest.inputs, *inputs],
+                    "updated": datetime.now(UTC)})
+        write_bytes_atomic(self.location.join(MANIFEST),
+                           self.manifest.model_dump_json(indent=2).encode())
+        return self.manifest
+
+    def _check_trained(self) -> None:
+        if self.needs_training:
+            raise DatastoreError("train the IVF-PQ quantizers on a sample before adding shards")
+
+
+def build_from_arrays(uri: str | Location, spec: IndexSpec,
+                      shards: dict[int, tuple[np.ndarray, pa.Table]], *,
+                      sample: np.ndarray | None = None, embedder: dict[str, Any] | None = None,
+                      threads: int = 2) -> DatastoreManifest:
+    """Build (or extend) a datastore from in-memory shards, writing shards in threads.
+
+    `sample` trains IVF-PQ; without it a seeded draw of `spec.train_size` vectors from all
+    shards is used. An existing datastore at `uri` is extended without retraining.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    location = resolve(uri)
+    dim = next(iter(shards.values()))[0].shape[1]
+    if location.join(MANIFEST).exists():
+        builder = DatastoreBuilder.extend(location)
+    else:
+        builder = DatastoreBuilder.create(location, spec, dim, embedder=embedder)
+    if builder.needs_training:
+        if sample is None:
+            everything = np.concatenate([v for v, _ in shards.values()])
+            rng = np.random.default_rng(spec.seed)
+            take = rng.choice(len(everything), min(spec.train_size, len(everything)),
+                              replace=False)
+            sample = everything[np.sort(take)]
+        builder.train(sample)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        jobs = [pool.submit(builder.add_shard, shard_id, vectors, passages)
+                for shard_id, (vectors, passages) in shards.items()]
+        entries = [job.result() for job in jobs]
+    return builder.commit(entries)

@@ -1,0 +1,155 @@
+"""The prune flow on real OWT passages and their shuffled copies, through Ray and Prefect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.testing.utilities import prefect_test_harness
+
+from gristmill.config import RuntimeConfig, StorageConfig
+from gristmill.flows.prune import PruneParams, prune_flow
+from gristmill.flows.registry import FLOWS
+from gristmill.inference import EmbedderConfig
+from gristmill.sources import resolve
+from gristmill.stages.base import StageInputError
+from gristmill.stages.dedup import DedupConfig
+from gristmill.stages.embed import EmbedConfig, vector_array
+from gristmill.stages.prune import (
+    DECISION_SCHEMA,
+    ClusteringConfig,
+    DatasetRef,
+    PrototypeConfig,
+    PruneConfig,
+    PruneSelect,
+    PruneSelectConfig,
+    build_centroids,
+)
+from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
+
+PASSAGES = 24
+COPIED = 6
+COPIES = 2
+
+
+def owt_rows() -> pa.Table:
+    """24 real passages, 2 shuffled copies of the first 6, an upper-cased exact copy of
+    passage 7, and two blank rows."""
+    ids, texts = [], []
+    for line in resolve("owt").files[0].open(encoding="utf-8"):
+        row = json.loads(line)
+        if row["passage_idx"] < PASSAGES:
+            ids.append(f"p{row['passage_idx']:02d}")
+            texts.append(row["text"])
+    for line in resolve("owt_shuffled").files[0].open(encoding="utf-8"):
+        row = json.loads(line)
+        if row["passage_idx"] < COPIED and row["copy"] <= COPIES:
+            ids.append(f"p{row['passage_idx']:02d}-copy{row['copy']}")
+            texts.append(row["text"])
+    ids += ["p07-upper", "blank-1", "blank-2"]
+    texts += [texts[7].upper(), "", "   "]
+    return pa.table({"id": ids, "text": texts})
+
+
+def test_the_prune_flow_is_registered() -> None:
+    assert FLOWS["prune"].params is PruneParams
+
+
+def test_a_config_pinning_other_content_is_refused(tmp_path: Path) -> None:
+    uri = str(tmp_path / "centroids")
+    write_table(uri, pa.table({"cluster": pa.array([0], pa.int32()),
+                               "centroid": vector_array(np.ones((1, 4), np.float32))}))
+    ref = DatasetRef.of(uri)
+    assert ref.open().num_rows == 1
+    with pytest.raises(StageInputError, match="the config pins"):
+        ref.model_copy(update={"sha256": "0" * 64}).open()
+
+
+def test_clustering_an_empty_embedding_set_says_why(tmp_path: Path) -> None:
+    uri = str(tmp_path / "embedded")
+    write_table(uri, pa.table({"id": pa.array([], pa.string()),
+                               "embedding": vector_array(np.zeros((0, 4), np.float32))}))
+    with pytest.raises(StageInputError, match="embed stage rejected every row"):
+        build_centroids(uri, PruneConfig(), str(tmp_path / "centroids"))
+
+
+def test_select_rejects_listed_ids_with_reason_kept_id_and_score(tmp_path: Path) -> None:
+    uri = str(tmp_path / "decisions")
+    write_table(uri, pa.table({
+        "id": ["b", "c"], "reason": ["semantic_duplicate", "pruned_easy"],
+        "near_duplicate_of": ["a", None], "score": [0.97, 0.05],
+        "detail": ["cosine 0.9700 to a", "prototype distance 0.0500"]}, schema=DECISION_SCHEMA))
+    stage = PruneSelect(PruneSelectConfig(decisions=DatasetRef.of(uri)))
+    stage.setup()
+    batch = pa.table({"id": ["a", "b", "c", "d"], "text": ["w", "x", "y", "z"],
+                      "minhash": [[1], [2], [3], [4]], "exact_key": ["k"] * 4})
+    split = stage.process(batch)
+    assert split.kept.column("id").to_pylist() == ["a", "d"]
+    assert split.kept.schema == stage.output_schema(batch.schema)
+    assert split.rejected.schema == stage.rejected_schema(batch.schema)
+    rejected = split.rejected.to_pylist()
+    assert [(r["id"], r["reject_reason"], r["near_duplicate_of"], r["prune_score"])
+            for r in rejected] == [("b", "semantic_duplicate", "a", 0.97),
+                                   ("c", "pruned_easy", None, 0.05)]
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local", "prefect_server")
+def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(tmp_path: Path) -> None:
+    source = str(tmp_path / "in")
+    rows = owt_rows()
+    write_table(source, rows)
+    config = PruneConfig(
+        embed=EmbedConfig(embedder=EmbedderConfig(device="cpu")),
+        clustering=ClusteringConfig(clusters=4), dedup=DedupConfig(minhash_threshold=0.5, eps=0.1),
+        prototypes=PrototypeConfig(strategy="auto", budget_rows=10, keep_fraction=0.75))
+    params = PruneParams(input=source, output=str(tmp_path / "prune"), config=config,
+                         plots=str(tmp_path / "plots"),
+                         runtime=RuntimeConfig(progress=False, storage=StorageConfig()))
+    selected = prune_flow(params)
+
+    embedded = Dataset.open(str(tmp_path / "prune" / "embedded"))
+    assert embedded.rejected.to_table().column("reject_reason").to_pylist() == ["empty_text"] * 2
+    rejected = Dataset.open(selected.output).rejected.to_table().to_pylist()
+    kept = Dataset.open(selected.output).to_table()
+    assert kept.num_rows + len(rejected) + 2 == rows.num_rows
+    assert {"exact_key", "minhash"}.isdisjoint(kept.column_names)
+    kept_ids = set(kept.column("id").to_pylist())
+    why = {r["id"]: r for r in rejected}
+    assert why["p07-upper"]["reject_reason"] == "exact_duplicate"
+    assert why["p07-upper"]["near_duplicate_of"] == "p07"
+    duplicates = [r for r in rejected if r["reject_reason"].endswith("duplicate")]
+    for row in duplicates:
+        assert row["near_duplicate_of"][:3] == row["id"][:3]
+    for passage in range(COPIED):
+        group = [f"p{passage:02d}"] + [f"p{passage:02d}-copy{c}" for c in (1, 2)]
+        assert any(g in kept_ids or why[g]["reject_reason"].startswith("pruned") for g in group)
+    copied = {r["id"] for r in duplicates if int(r["id"][1:3]) < COPIED}
+    assert len(copied) >= COPIED * COPIES - 2
+    pruned = [r for r in rejected if r["reject_reason"].startswith("pruned")]
+    assert pruned and {r["reject_reason"] for r in pruned} == {"pruned_easy"}
+    assert len(kept_ids) == round(0.75 * (len(kept_ids) + len(pruned)))
+    assert max(r["prune_score"] for r in pruned) <= min(kept.column("centroid_distance")
+                                                         .to_pylist())
+    assert (tmp_path / "plots" / "prune_scores.png").read_bytes().startswith(b"\x89PNG")
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["prune-report"])))
+    assert "data:image/png;base64," in artifacts[-1].data
+    assert "exact_duplicate" in artifacts[-1].data
+
+    again = prune_flow(params)
+    assert again.cache_key == selected.cache_key
