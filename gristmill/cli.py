@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gristmill.config import ConfigError, load_config
+from gristmill.plan_filter import plan_filter
+from gristmill.retrieval.cli import app as datastore_app
 from gristmill.sources.errors import SourceError
 from gristmill.stages.base import StageInputError
 from gristmill.stages.ingest import Ingest, IngestInputError, RawFilesInput
@@ -192,12 +194,7 @@ def _short(value: object, limit: int = 120) -> object:
     return value
 
 
-from gristmill.plan_filter import plan_filter  # noqa: E402  (a command defined in its own module)
-
 app.command(name="plan-filter")(plan_filter)
-
-from gristmill.retrieval.cli import app as datastore_app  # noqa: E402  (its own sub-app)
-
 app.add_typer(datastore_app, name="datastore")
 
 if __name__ == "__main__":
