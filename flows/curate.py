@@ -30,7 +30,7 @@ from gristmill.flows.prune import PruneParams, prune_flow
 from gristmill.flows.stage_task import run_stage_cached
 from gristmill.inference import GeneratorConfig
 from gristmill.scoring.temperature import CooldownSchedule, Schedule
-from gristmill.stages.base import DatasetInput
+from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.capsfusion import CapsFusionConfig
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.partition import PartitionConfig, run_partition
@@ -171,6 +171,9 @@ def curate_flow(params: CurateParams) -> list[StageResult]:
     domains = run_partition(curated, params.path("domains"),
                             PartitionConfig(column=params.mix.domain_column), params.runtime)
     progress.step()
+    if not domains:
+        raise StageInputError(f"curate: no rows survived to mix; see the rejected/ folders "
+                              f"under {params.work_dir} for why")
     mixture = MixtureConfig(
         domains=[DomainSpec(name=name, uri=uri) for name, uri in domains.items()],
         schedule=params.mix.schedule, total_steps=params.mix.total_steps,

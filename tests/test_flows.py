@@ -19,8 +19,9 @@ from prefect.client.schemas.filters import (
 from prefect.testing.utilities import prefect_test_harness
 
 from gristmill.config import RuntimeConfig
-from gristmill.flows.curate import CurateParams, curate_flow
+from gristmill.flows.curate import CurateParams, MixStep, curate_flow
 from gristmill.flows.mix import MixParams, mix_flow
+from gristmill.stages.base import StageInputError
 from gristmill.stages.text_filter import TextFilterConfig
 from gristmill.storage.mixture import DomainSpec, MixtureConfig
 from gristmill.storage.reader import Dataset
@@ -47,6 +48,13 @@ def write_raw(folder: Path) -> str:
     return str(folder / "mail.jsonl")
 
 
+def small_curate(tmp_path: Path, **changes: object) -> CurateParams:
+    """ingest -> text_filter -> domains -> a 3-step mix, on three raw lines."""
+    return CurateParams(sources=[write_raw(tmp_path / "raw")], work_dir=str(tmp_path / "run"),
+                        quality=None, prune=None, mix=MixStep(total_steps=3, batch_size=2),
+                        runtime=RuntimeConfig(progress=False), **changes)
+
+
 def task_states(flow_run_id: object) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
@@ -56,40 +64,47 @@ def task_states(flow_run_id: object) -> dict[str, str]:
 
 def test_curate_runs_each_stage_as_a_task_with_a_report_and_caches_reruns(
         tmp_path: Path) -> None:
-    params = CurateParams(sources=[write_raw(tmp_path / "raw")], work_dir=str(tmp_path / "run"),
-                          text_filter=TextFilterConfig(min_words=10),
-                          runtime=RuntimeConfig(progress=False))
+    params = small_curate(tmp_path, text_filter=TextFilterConfig(min_words=10))
     first = curate_flow(params, return_state=True)
-    ingested, filtered = first.result()
-    assert (ingested.stats.rows_in, ingested.stats.rows_out) == (3, 2)
-    assert ingested.stats.reject_reasons == {"malformed_json": 1}
-    assert (filtered.stats.rows_out, filtered.stats.rows_rejected) == (1, 1)
-    assert Dataset.open(filtered.output).to_table().column("text").to_pylist() == [GOOD]
-    assert Dataset.open(filtered.output).manifest.lineage.flow_run_id == str(
-        first.state_details.flow_run_id)
+    ingested = Dataset.open(str(tmp_path / "run" / "ingest")).manifest.stats
+    filtered = Dataset.open(str(tmp_path / "run" / "text_filter"))
+    assert (ingested.rows_in, ingested.rows_out) == (3, 2)
+    assert ingested.reject_reasons == {"malformed_json": 1}
+    assert (filtered.manifest.stats.rows_out, filtered.manifest.stats.rows_rejected) == (1, 1)
+    assert filtered.to_table().column("text").to_pylist() == [GOOD]
+    assert filtered.manifest.lineage.flow_run_id == str(first.state_details.flow_run_id)
+    final = Dataset.open(str(tmp_path / "run" / "final")).to_table()
+    assert set(final.column("text").to_pylist()) == {GOOD} and final.num_rows == 3 * 2
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["ingest-report", "text-filter-report"])))
+        run_report = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["curate-report"])))
     reports = {a.key: a.data for a in artifacts}
     assert "| 3 | 2 | 1 |" in reports["ingest-report"]
     assert "malformed_json" in reports["ingest-report"]
     assert "too_few_words" in reports["text-filter-report"]
+    assert "| text_filter | 2 | 1 | 1 | too_few_words 1 |" in run_report[0].data
 
     second = curate_flow(params, return_state=True)
-    assert set(task_states(second.state_details.flow_run_id).values()) == {"Cached"}
-    assert [r.cache_key for r in second.result()] == [ingested.cache_key, filtered.cache_key]
+    states = task_states(second.state_details.flow_run_id)
+    assert (states["ingest"], states["text_filter"]) == ("Cached", "Cached")
 
 
 def test_a_deleted_output_is_recomputed_not_served_from_the_cache(tmp_path: Path) -> None:
-    params = CurateParams(sources=[write_raw(tmp_path / "raw")], work_dir=str(tmp_path / "run"),
-                          runtime=RuntimeConfig(progress=False))
+    params = small_curate(tmp_path, text_filter=TextFilterConfig(min_words=10))
     curate_flow(params)
     shutil.rmtree(tmp_path / "run" / "text_filter")
     again = curate_flow(params, return_state=True)
     states = task_states(again.state_details.flow_run_id)
-    assert states == {"ingest": "Cached", "text_filter": "Completed"}
-    assert Dataset.open(str(tmp_path / "run" / "text_filter")).num_rows == 0
+    assert (states["ingest"], states["text_filter"]) == ("Cached", "Completed")
+    assert Dataset.open(str(tmp_path / "run" / "text_filter")).num_rows == 1
+
+
+def test_curate_says_so_when_nothing_survives_to_mix(tmp_path: Path) -> None:
+    with pytest.raises(StageInputError, match="no rows survived to mix"):
+        curate_flow(small_curate(tmp_path, text_filter=TextFilterConfig(min_words=500)))
 
 
 def test_mix_flow_writes_samples_and_a_report_with_the_probability_plot(tmp_path: Path) -> None:
