@@ -194,5 +194,11 @@ def curate_flow(params: CurateParams) -> list[StageResult]:
     for row in funnel:
         print(f"{row.step}: {row.rows_in:,} in, {row.rows_out:,} out, "
               f"{row.rows_rejected:,} rejected -> {row.output}")
+    print(f"Final shards: {mixed.output}  (gristmill inspect {mixed.output})")
+    if params.datastore is not None:
+        print(f"Query the datastore: gristmill datastore query {params.path('datastore')} "
+              "\"your question\"")
+    print("See every run, report and plot in the Prefect UI: make ui "
+          "(then http://127.0.0.1:4200)")
     progress.step()
     return results
