@@ -131,8 +131,9 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
     if params.quality is not None:
         quality = params.quality.with_(input=current, work_dir=params.path("quality"),
                                        plot=str(plots / "quality_pools.png"), runtime=runtime)
-        selected = filter_quality_flow(quality)[-1]
-        funnel.append(_funnel("quality_filter", selected))
+        scored, selected = filter_quality_flow(quality)
+        funnel.append(_funnel("quality: score", scored))
+        funnel.append(_funnel("quality: select pool", selected))
         current = selected.output
     progress.step()
     if params.prune is not None:

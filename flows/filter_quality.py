@@ -42,6 +42,7 @@ from gristmill.stages.quality_filter import (
     train_reference_classifier,
 )
 from gristmill.stages.runner import StageResult
+from gristmill.storage.fs import resolve, write_bytes_atomic
 
 
 class FilterQualityParams(FrozenModel):
@@ -165,8 +166,7 @@ def filter_quality_flow(params: FilterQualityParams) -> list[StageResult]:
         params.runtime)
     png = pools_png(decision, cuts.fractions)
     if params.plot:
-        with open(params.plot, "wb") as handle:
-            handle.write(png)
+        write_bytes_atomic(resolve(params.plot), png)
     create_markdown_artifact(decision_report(decision, cuts, selected, classifier, png),
                              key="filter-quality-report",
                              description="quality pool chosen by the scaling law")

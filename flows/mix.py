@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -13,6 +11,7 @@ from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.plots import markdown_image, mixture_probabilities_png
 from gristmill.stages.mix import run_mix
 from gristmill.stages.runner import StageResult
+from gristmill.storage.fs import resolve, write_bytes_atomic
 from gristmill.storage.mixture import MixtureConfig, MixtureStream
 
 
@@ -32,7 +31,7 @@ def mix_task(params: MixParams) -> StageResult:
     names = [d.name for d in params.mixture.domains]
     png = mixture_probabilities_png(stream.plan, names)
     if params.plot:
-        Path(params.plot).write_bytes(png)
+        write_bytes_atomic(resolve(params.plot), png)
     first, last = stream.plan.probabilities(0), stream.plan.probabilities(
         params.mixture.total_steps - 1)
     rows = "\n".join(f"| {n} | {size:,.0f} | {a:.4f} | {b:.4f} |"

@@ -36,6 +36,7 @@ from gristmill.stages.prune import (
     build_decisions,
 )
 from gristmill.stages.runner import StageResult
+from gristmill.storage.fs import resolve, write_bytes_atomic
 
 
 class PruneParams(FrozenModel):
@@ -137,8 +138,8 @@ def prune_flow(params: PruneParams) -> StageResult:
     if params.plots:
         folder = Path(params.plots)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "prune_scores.png").write_bytes(histogram)
-        (folder / "prune_cluster_sizes.png").write_bytes(sizes)
+        write_bytes_atomic(resolve(str(folder / "prune_scores.png")), histogram)
+        write_bytes_atomic(resolve(str(folder / "prune_cluster_sizes.png")), sizes)
     create_markdown_artifact(
         prune_report(summary, selected) + "\n"
         + markdown_image(histogram, "prototype score histogram") + "\n\n"

@@ -343,7 +343,7 @@ def fit_law(pilots: PilotTable, bucket_samples: Sequence[float] | float, *,
             raise ScalingLawError(
                 f"bucket {bucket} has no pilot run past one epoch ({sizes[bucket]:,.0f} "
                 "samples): its repetition half-life cannot be fitted")
-    unknowns = 2 * buckets + (1 if d is None else 2)
+    unknowns = 2 * buckets + (2 if d is None else 1)
     if pilots.bucket.size < unknowns:
         raise ScalingLawError(f"{pilots.bucket.size} pilot runs cannot fit {unknowns} "
                               "parameters")

@@ -107,11 +107,8 @@ class MathResponses(MapStage[MathResponsesConfig]):
             details[i] = f"{count} tokens > max_prompt_tokens {cfg.generator.max_prompt_tokens}"
         order = sorted(fit)
         if order:
-            if cfg.generator.backend == "transformers":
-                outputs = self.generator.generate(  # type: ignore[call-arg]
-                    [fit[i] for i in order], seeds=[row_seed(ids[i] or "") for i in order])
-            else:
-                outputs = self.generator.generate([fit[i] for i in order])
+            outputs = self.generator.generate([fit[i] for i in order],
+                                              seeds=[row_seed(ids[i] or "") for i in order])
             for i, samples in zip(order, outputs, strict=True):
                 self._keep_answered(i, samples, values)
                 if not values["responses"][i]:

@@ -45,8 +45,8 @@ def part_name(value: object) -> str:
 def _values(dataset: Dataset, config: PartitionConfig) -> list[str]:
     seen: set[str] = set()
     for batch in dataset.iter_batches(columns=[config.column]):
-        column = batch.column(0).fill_null(config.missing)
-        seen.update(str(v) for v in pc.unique(column.cast(pa.string())).to_pylist())
+        column = batch.column(0).cast(pa.string()).fill_null(config.missing)
+        seen.update(pc.unique(column).to_pylist())
         if len(seen) > config.max_parts:
             raise StageInputError(f"{STAGE}: column {config.column!r} has more than "
                                   f"{config.max_parts} distinct values; raise max_parts or "
@@ -83,7 +83,7 @@ def run_partition(input_uri: str, output: str, config: PartitionConfig | None = 
         counts = dict.fromkeys(values, 0)
         for batch in dataset.iter_batches():
             table = pa.Table.from_batches([batch])
-            keys = table.column(config.column).fill_null(config.missing).cast(pa.string())
+            keys = table.column(config.column).cast(pa.string()).fill_null(config.missing)
             for value in pc.unique(keys).to_pylist():
                 rows = table.filter(pc.equal(keys, value))
                 writers[value].write(rows)

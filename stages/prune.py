@@ -15,6 +15,7 @@ Steps, each with a durable output so a rerun resumes and the decision sits in th
 from __future__ import annotations
 
 import hashlib
+import sys
 from datetime import UTC, datetime
 from typing import ClassVar, NamedTuple, Self
 
@@ -42,6 +43,7 @@ from gristmill.stages.base import (
     attach_reasons,
     require_columns,
 )
+from gristmill.stages.code_version import code_version
 from gristmill.stages.dedup import DedupConfig, Duplicate, duplicate_decisions
 from gristmill.stages.embed import EmbedConfig, vector_array, vectors_of
 from gristmill.storage.fs import resolve
@@ -241,9 +243,11 @@ class PruneSelect(MapStage[PruneSelectConfig]):
 
 
 def barrier_key(name: str, config: BaseModel, inputs: list[InputRef]) -> str:
-    """What a barrier's output is a function of: its name, config and input contents."""
+    """What a barrier's output is a function of: its name, config, input contents and the
+    code that computes it (a changed dedup rule must not reuse old decisions)."""
     payload = {"name": name, "config": config.model_dump(mode="json"),
-               "inputs": [r.content_sha256 for r in inputs]}
+               "inputs": [r.content_sha256 for r in inputs],
+               "code": code_version(sys.modules[__name__])}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

@@ -143,11 +143,7 @@ class QuestionGen(MapStage[QuestionGenConfig]):
                 reasons[i], details[i] = "no_seed", "the request row has no seed"
         if todo:
             prompts = [self.prefix] * len(todo)
-            if self.config.generator.backend == "transformers":
-                outputs = self.generator.generate(  # type: ignore[call-arg]
-                    prompts, seeds=[seeds[i] for i in todo])
-            else:
-                outputs = self.generator.generate(prompts)
+            outputs = self.generator.generate(prompts, seeds=[seeds[i] for i in todo])
             for i, out in zip(todo, outputs, strict=True):
                 text = out[0].text.strip()
                 questions[i], tokens[i], finishes[i] = text, out[0].tokens, out[0].finish_reason

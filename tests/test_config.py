@@ -43,7 +43,18 @@ def test_unknown_keys_are_refused_so_typos_do_not_pass_silently() -> None:
 
 def test_the_shipped_demo_config_validates() -> None:
     params = load_config(CurateParams, Path(__file__).parents[1] / "configs" / "demo.yaml")
-    assert params.sources == ["brown", "spam_assassin"]
+    assert params.sources == ["brown", "owt", "owt_shuffled", "spam_assassin"]
+    assert params.captions.enabled and params.datastore is not None
+    assert params.quality is not None and params.quality.law.rescale
+
+
+@pytest.mark.parametrize(("flow", "name"), [
+    ("filter_quality", "quality.yaml"), ("prune", "prune.yaml"),
+    ("synthesize_questions", "scalequest.yaml"), ("build_datastore", "datastore.yaml")])
+def test_every_shipped_flow_config_validates(flow: str, name: str) -> None:
+    from gristmill.flows.registry import FLOWS
+
+    load_config(FLOWS[flow].params, Path(__file__).parents[1] / "configs" / name)
 
 
 @pytest.mark.parametrize(("name", "backend", "beams"),

@@ -43,3 +43,10 @@ def test_a_missing_column_or_too_many_values_is_a_clear_error(tmp_path: Path) ->
         run_partition(source, str(tmp_path / "a"), PartitionConfig(column="lang"))
     with pytest.raises(StageInputError, match="more than 2 distinct values"):
         run_partition(source, str(tmp_path / "b"), PartitionConfig(max_parts=2))
+
+
+def test_a_non_string_domain_column_partitions_by_its_text(tmp_path: Path) -> None:
+    write_table(str(tmp_path / "in"), pa.table({"id": ["a", "b", "c"], "year": [1961, None, 1961]}))
+    parts = run_partition(str(tmp_path / "in"), str(tmp_path / "parts"),
+                          PartitionConfig(column="year"))
+    assert {v: Dataset.open(u).num_rows for v, u in parts.items()} == {"1961": 2, "unknown": 1}

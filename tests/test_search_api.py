@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from gristmill.inference import Embedder, EmbedderConfig
+from gristmill.retrieval.postprocess import SearchOptions
 from gristmill.retrieval.retriever import Retriever
 from gristmill.retrieval.server import ServerConfig, create_app
 from gristmill.sources import resolve
@@ -166,3 +167,16 @@ def test_concurrent_clients_get_the_same_answers_as_one(served) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         together = list(pool.map(ask, queries * 3))
     assert together == alone * 3
+
+
+def test_an_exposed_server_needs_a_real_token() -> None:
+    with pytest.raises(ValueError, match="exposes the API beyond this machine"):
+        ServerConfig(host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        ServerConfig(token="")
+    assert ServerConfig(host="0.0.0.0", token="long-enough-token").host == "0.0.0.0"
+
+
+def test_request_options_are_bounded() -> None:
+    with pytest.raises(ValueError, match="minhash_perms"):
+        SearchOptions(minhash_perms=10**9)

@@ -204,7 +204,8 @@ def test_unfetched_source_says_how_to_fetch_it(monkeypatch, tmp_path) -> None:
 
 
 def test_unknown_source_lists_known_names() -> None:
-    with pytest.raises(UnknownSourceError, match="known sources: brown, champ, champ_model_solutions, fortunes"):
+    with pytest.raises(UnknownSourceError,
+                       match="known sources: brown, champ, champ_model_solutions, fortunes"):
         resolve("nope")
 
 

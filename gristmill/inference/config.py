@@ -119,7 +119,8 @@ class Generation(NamedTuple):
 class Generator(Protocol):
     """Batched prompts in, `num_return_sequences` completions per prompt out."""
 
-    def generate(self, prompts: list[str]) -> list[list[Generation]]: ...
+    def generate(self, prompts: list[str],
+                 seeds: list[int] | None = None) -> list[list[Generation]]: ...
 
     def count_tokens(self, texts: list[str]) -> list[int]: ...
 

@@ -18,7 +18,7 @@ from gristmill.inference.prompts import check_lengths, count_rendered, cut_at_st
 INSTALL_HINT = ("the vllm backend needs `pip install vllm` on GPU workers (and ray.data.llm's "
                 "own dependencies: `pip install 'ray[llm]'`); use backend=transformers "
                 "without them")
-_INDEX, _REPLICA = "gm_index", "gm_replica"
+_INDEX, _REPLICA, _SEED = "gm_index", "gm_replica", "gm_seed"
 
 
 def require_vllm() -> None:
@@ -38,8 +38,9 @@ class _Preprocess:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         params = dict(self.sampling)
-        if self.seed is not None:  # distinct per replica, or n samples would be identical
-            params["seed"] = self.seed + int(row[_REPLICA])
+        base = row[_SEED] if row[_SEED] is not None else self.seed
+        if base is not None:  # distinct per replica, or n samples would be identical
+            params["seed"] = int(base) + int(row[_REPLICA])
         return {"prompt": row["prompt"], "sampling_params": params}
 
 
@@ -109,7 +110,10 @@ class VLLMGenerator:
                 postprocess=_postprocess)
         return self._processor
 
-    def generate(self, prompts: list[str]) -> list[list[Generation]]:
+    def generate(self, prompts: list[str],
+                 seeds: list[int] | None = None) -> list[list[Generation]]:
+        """`seeds`, one per prompt, make each prompt's samples independent of the others
+        (identical prompts with different seeds give different completions)."""
         import ray
 
         from gristmill.runtime import ensure_ray
@@ -121,8 +125,10 @@ class VLLMGenerator:
             return []
         ensure_ray()
         n = cfg.num_return_sequences
-        rows = [{_INDEX: i, _REPLICA: j, "prompt": p}
-                for i, p in enumerate(rendered) for j in range(n)]
+        if seeds is not None and len(seeds) != len(rendered):
+            raise ValueError(f"{len(seeds)} seeds for {len(rendered)} prompts")
+        rows = [{_INDEX: i, _REPLICA: j, _SEED: None if seeds is None else seeds[i] * n,
+                 "prompt": p} for i, p in enumerate(rendered) for j in range(n)]
         done = sorted(self.processor()(ray.data.from_items(rows)).take_all(),
                       key=lambda r: (r[_INDEX], r[_REPLICA]))
         out: list[list[Generation]] = [[] for _ in rendered]

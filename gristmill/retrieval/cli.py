@@ -101,10 +101,11 @@ def serve(
     from gristmill.retrieval.server import serve as run_server
 
     try:
+        settings = ServerConfig(host=host, port=port, token=token)
         retriever = Retriever.open(datastore, backend=backend, workers=workers)
-    except DatastoreError as err:
+    except (DatastoreError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(1) from None
     console.print(f"serving {datastore} ({retriever.store.manifest.total_vectors:,} vectors) "
                   f"on http://{host}:{port}")
-    run_server(retriever, ServerConfig(host=host, port=port, token=token))
+    run_server(retriever, settings)

@@ -25,15 +25,16 @@ class SearchOptions(FrozenModel):
 
     k: int = Field(default=3, ge=1, description="Passages returned per query")
     candidates: int = Field(default=1000, ge=1, description="K: top-K taken from every shard")
-    nprobe: int | None = Field(default=None, ge=1, description="IVF lists; None = datastore's")
+    nprobe: int | None = Field(default=None, ge=1, le=65_536,
+                               description="IVF lists; None = datastore's")
     min_words: int = Field(default=13, ge=0, description="Drop passages with fewer words")
     dedup: bool = True
     dedup_threshold: float = Field(default=0.8, ge=0, le=1, description="MinHash Jaccard")
-    minhash_ngram: int = Field(default=13, ge=1)
-    minhash_perms: int = Field(default=128, ge=1)
+    minhash_ngram: int = Field(default=13, ge=1, le=64)
+    minhash_perms: int = Field(default=128, ge=1, le=1024)
     decontaminate_query: bool = Field(
         default=True, description="Treat the query itself as eval text to decontaminate against")
-    decontam_ngram: int = Field(default=13, ge=1)
+    decontam_ngram: int = Field(default=13, ge=1, le=64)
     decontam_threshold: float = Field(
         default=0.8, ge=0, le=1,
         description="Drop a passage when this share of the eval text's n-grams is in it, "
@@ -44,7 +45,8 @@ class SearchOptions(FrozenModel):
     rerank: bool = Field(
         default=False, description="Re-score survivors by their full inner product: stored "
                                    "vectors when the datastore keeps them, else re-embedded text")
-    rerank_depth: int = Field(default=100, ge=1, description="Survivors re-scored by rerank")
+    rerank_depth: int = Field(default=100, ge=1, le=1000,
+                              description="Survivors re-scored by rerank")
 
 
 class Hit(BaseModel):

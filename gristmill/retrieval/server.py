@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from typing import Annotated, Self
 
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gristmill.config import FrozenModel
 from gristmill.retrieval.postprocess import Hit, SearchOptions
 from gristmill.retrieval.retriever import Retriever
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class ServerConfig(FrozenModel):
@@ -26,12 +28,21 @@ class ServerConfig(FrozenModel):
 
     host: str = Field(default="127.0.0.1", description="Loopback by default; 0.0.0.0 exposes it")
     port: int = Field(default=8765, ge=0, le=65535)
-    token: str | None = Field(default=None, description="Require `Authorization: Bearer <token>`")
+    token: str | None = Field(default=None, min_length=8,
+                              description="Require `Authorization: Bearer <token>`")
     max_query_chars: int = Field(default=2000, ge=1)
     max_batch: int = Field(default=64, ge=1, description="Queries per request")
     max_k: int = Field(default=100, ge=1)
     max_candidates: int = Field(default=1000, ge=1, description="Largest K a request may ask")
     max_eval_texts: int = Field(default=64, ge=0)
+    max_eval_chars: int = Field(default=20_000, ge=1, description="Characters per eval text")
+
+    @model_validator(mode="after")
+    def _exposed_only_with_a_token(self) -> Self:
+        if self.token is None and self.host not in LOOPBACK:
+            raise ValueError(f"host {self.host!r} exposes the API beyond this machine: "
+                             "set a token (--token or GRISTMILL_DATASTORE_TOKEN)")
+        return self
 
 
 class SearchRequest(BaseModel):
@@ -71,6 +82,8 @@ def _limits(request: SearchRequest, config: ServerConfig) -> tuple[list[str], Se
         problems.append(f"k={request.k}; at most {config.max_k}")
     if len(request.eval_texts) > config.max_eval_texts:
         problems.append(f"{len(request.eval_texts)} eval_texts; at most {config.max_eval_texts}")
+    if any(len(text) > config.max_eval_chars for text in request.eval_texts):
+        problems.append(f"an eval text exceeds {config.max_eval_chars} characters")
     if "k" in request.options:
         problems.append("give k at the top level, not in options")
     if problems:
