@@ -215,7 +215,12 @@ def test_the_ui_form_starts_a_run_with_edited_values(served: Served, tmp_path: P
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_runner_then_the_server(served: Served) -> None:
+    ingest = served.deployments()["ingest"]
+    served.http.patch(f"/deployments/{ingest['id']}", json={"paused": True}).raise_for_status()
+    _wait(lambda: not [r for r in served.runs(ingest["id"])
+                       if r["state"]["type"] in {"RUNNING", "PENDING"}], 240,
+          "the last scheduled run to finish")
     served.process.send_signal(signal.SIGINT)
-    served.process.wait(timeout=90)
+    served.process.wait(timeout=120)
     with pytest.raises(httpx.HTTPError):
         served.http.get("/health", timeout=3)
