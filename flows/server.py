@@ -1,4 +1,5 @@
-"""A Prefect API to talk to: the one PREFECT_API_URL names, or a local server started here.
+"""A Prefect API to talk to: the one PREFECT_API_URL names (in the environment or the active
+Prefect profile), or a local server started here.
 
 The local server is the real `prefect server start` (SQLite under `home`, bound to loopback),
 run as a child process so Ctrl-C stops it after whatever was using it has stopped.
@@ -108,9 +109,11 @@ def local_prefect_server(home: str | Path = ".gristmill/prefect", host: str = "1
 @contextmanager
 def prefect_api(home: str | Path = ".gristmill/prefect", host: str = "127.0.0.1",
                 port: int | None = None) -> Iterator[str]:
-    """PREFECT_API_URL when it is set (any Prefect server or Prefect Cloud), else a local
-    server for the duration of the block."""
-    configured = os.environ.get("PREFECT_API_URL")
+    """PREFECT_API_URL when it is set, in the environment or by `prefect config set` (any
+    Prefect server or Prefect Cloud), else a local server for the duration of the block."""
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return

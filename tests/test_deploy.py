@@ -48,6 +48,24 @@ def test_a_schedule_needs_exactly_one_kind_and_a_known_flow() -> None:
         ServeSpec.model_validate({"deployments": {"nope": {}}})
 
 
+def test_serve_uses_the_api_url_of_the_active_prefect_profile(tmp_path: Path) -> None:
+    """`prefect config set PREFECT_API_URL=...` is how users point Prefect at a server; serve
+    must use it rather than start its own (read in a fresh process: Prefect reads profiles
+    at import)."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "remote"\n[profiles.remote]\n'
+                        'PREFECT_API_URL = "http://prefect.example:4200/api"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_PROFILES_PATH"] = str(profiles)
+    code = ("from gristmill.flows.server import prefect_api\n"
+            "with prefect_api(home='unused') as url: print(url)")
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=120, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "http://prefect.example:4200/api"
+    assert not (tmp_path / "unused").exists(), "no local server was started"
+
+
 def _wait(check: Any, seconds: float, what: str) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
