@@ -15,22 +15,14 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from gristmill.scoring.math_answers import majority_vote, normalize_answer
-from gristmill.stages.base import (
-    MapStage,
-    Split,
-    StageConfig,
-    reject_schema,
-    require_columns,
-    split_by_reasons,
-)
-from gristmill.stages.question_columns import STRING_TYPES, extend_schema, with_columns
+from gristmill.stages.base import ColumnTypes, Rejections, Split
+from gristmill.stages.question_columns import QuestionConfig, QuestionStage
 from gristmill.stages.question_scorer_model import SequenceScorer, check_model_folder
 
 LIST_TYPES = (pa.list_(pa.string()), pa.large_list(pa.string()))
 
 
-class AnswerSelectConfig(StageConfig):
-    question_column: str = "question"
+class AnswerSelectConfig(QuestionConfig):
     reward_model: str | None = Field(
         default=None, description="Sequence-classification reward model folder; None = vote")
     reward_batch_size: int = Field(default=8, ge=1)
@@ -41,8 +33,10 @@ class AnswerSelectConfig(StageConfig):
         return None if path is None else check_model_folder(path, "reward_model")
 
 
-class AnswerSelect(MapStage[AnswerSelectConfig]):
+class AnswerSelect(QuestionStage[AnswerSelectConfig]):
     name: ClassVar[str] = "answer_select"
+
+    NEEDS: ClassVar[ColumnTypes] = {"responses": LIST_TYPES, "answers": LIST_TYPES}
 
     ADDED: ClassVar[list[pa.Field]] = [
         pa.field("response", pa.string()), pa.field("answer", pa.string()),
@@ -56,23 +50,12 @@ class AnswerSelect(MapStage[AnswerSelectConfig]):
             self.scorer = SequenceScorer(self.config.reward_model,
                                          batch_size=self.config.reward_batch_size).load()
 
-    def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES,
-                                            "responses": LIST_TYPES, "answers": LIST_TYPES})
-
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return extend_schema(input_schema, self.ADDED)
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
-
     def process(self, batch: pa.Table) -> Split:
         questions = batch.column(self.config.question_column).to_pylist()
         responses = batch.column("responses").to_pylist()
         answers = batch.column("answers").to_pylist()
         n = batch.num_rows
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
+        rejects = Rejections(n)
         values: dict[str, list] = {f.name: [None] * n for f in self.ADDED}
         for i in range(n):
             texts, finals = responses[i] or [], answers[i] or []
@@ -80,7 +63,7 @@ class AnswerSelect(MapStage[AnswerSelectConfig]):
             values["votes"][i], values["answered"][i] = vote.votes, vote.answered
             values["tie"][i] = vote.tie
             if vote.answer is None or len(texts) != len(finals):
-                reasons[i], details[i] = "no_answer", "no response has a final answer"
+                rejects[i] = "no_answer", "no response has a final answer"
                 continue
             if self.scorer is not None:
                 scores = self.scorer.score([questions[i]] * len(texts), texts)
@@ -91,5 +74,4 @@ class AnswerSelect(MapStage[AnswerSelectConfig]):
                 values["selected_by"][i] = "majority_vote"
             values["response"][i] = texts[best]
             values["answer"][i] = normalize_answer(finals[best])
-        return split_by_reasons(with_columns(batch, self.ADDED, values), reasons, details,
-                                self.name)
+        return rejects.split(self.with_added(batch, values), self.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
@@ -17,6 +17,10 @@ from pydantic import BaseModel, Field
 from gristmill.config import FrozenModel
 from gristmill.storage.manifest import InputRef, content_sha256
 from gristmill.storage.reader import Dataset
+
+STRING_TYPES = (pa.string(), pa.large_string())
+ColumnTypes = dict[str, tuple[pa.DataType, ...]]
+"""Column name -> the types a stage accepts there."""
 
 REJECT_COLUMNS = (
     pa.field("reject_reason", pa.string()),
@@ -79,6 +83,20 @@ def split_by_reasons(batch: pa.Table, reasons: Sequence[str | None],
     rejected = attach_reasons(rejected, [reasons[i] for i in dropped],
                               [details[i] for i in dropped], stage)
     return Split(kept, rejected)
+
+
+class Rejections:
+    """Why each row of one batch is dropped (None: kept), filled in as a stage finds out."""
+
+    def __init__(self, rows: int) -> None:
+        self.reasons: list[str | None] = [None] * rows
+        self.details: list[str | None] = [None] * rows
+
+    def __setitem__(self, row: int, why: tuple[str | None, str | None]) -> None:
+        self.reasons[row], self.details[row] = why
+
+    def split(self, table: pa.Table, stage: str) -> Split:
+        return split_by_reasons(table, self.reasons, self.details, stage)
 
 
 def attach_reasons(table: pa.Table, reasons: Sequence[str], details: Sequence[str | None],
@@ -162,8 +180,36 @@ class MapStage(ABC, Generic[ConfigT]):
     def process(self, batch: pa.Table) -> Split: ...
 
 
-def require_columns(schema: pa.Schema, stage: str,
-                    columns: dict[str, tuple[pa.DataType, ...]]) -> None:
+class AddColumnsStage(MapStage[ConfigT]):
+    """A stage that appends (or replaces) the `added()` columns. Rejected rows keep them as
+    far as they were filled, so a reject shows what the stage made of the row."""
+
+    ADDED: ClassVar[list[pa.Field]] = []
+
+    def added(self) -> list[pa.Field]:
+        """The appended columns; a stage whose column names come from its config overrides it."""
+        return self.ADDED
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        names = {f.name for f in self.added()}
+        return pa.schema([*(f for f in input_schema if f.name not in names), *self.added()])
+
+    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return reject_schema(self.output_schema(input_schema))
+
+    def with_added(self, batch: pa.Table, values: dict[str, Any]) -> pa.Table:
+        """`batch` with the added columns, each built from a list or taken as an array."""
+        added = self.added()
+        batch = batch.drop_columns([f.name for f in added if f.name in batch.column_names])
+        for field in added:
+            column = values[field.name]
+            if not isinstance(column, pa.Array | pa.ChunkedArray):
+                column = pa.array(column, field.type)
+            batch = batch.append_column(field, column)
+        return batch
+
+
+def require_columns(schema: pa.Schema, stage: str, columns: ColumnTypes) -> None:
     """Name every missing or mistyped column at once, with what the stage accepts."""
     problems = []
     for name, types in columns.items():

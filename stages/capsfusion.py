@@ -10,7 +10,7 @@ output passes a guard; a bad generation is a rejected row with its reason.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -18,15 +18,13 @@ from pydantic import Field, model_validator
 from gristmill.inference import Generator, GeneratorConfig, load_generator
 from gristmill.scoring.caption_checks import clean_caption, entity_retention, guard
 from gristmill.stages.base import (
-    MapStage,
+    STRING_TYPES,
+    AddColumnsStage,
+    Rejections,
     Split,
     StageConfig,
-    reject_schema,
     require_columns,
-    split_by_reasons,
 )
-
-STRING_TYPES = (pa.string(), pa.large_string())
 
 INSTRUCTION = (
     "Two descriptions of the same picture follow. Description A comes from the web: it "
@@ -87,7 +85,7 @@ class CapsFusionConfig(StageConfig):
         return self
 
 
-class CapsFusion(MapStage[CapsFusionConfig]):
+class CapsFusion(AddColumnsStage[CapsFusionConfig]):
     name: ClassVar[str] = "capsfusion"
 
     def setup(self) -> None:
@@ -102,15 +100,10 @@ class CapsFusion(MapStage[CapsFusionConfig]):
         require_columns(schema, self.name, {self.config.raw_column: STRING_TYPES,
                                             self.config.synthetic_column: STRING_TYPES})
 
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        added = [pa.field(self.config.output_column, pa.string()),
-                 pa.field("entity_retention", pa.float32()),
-                 pa.field("fusion_tokens", pa.int32()), pa.field("parent_id", pa.string())]
-        names = {f.name for f in added}
-        return pa.schema([*(f for f in input_schema if f.name not in names), *added])
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
+    def added(self) -> list[pa.Field]:
+        return [pa.field(self.config.output_column, pa.string()),
+                pa.field("entity_retention", pa.float32()),
+                pa.field("fusion_tokens", pa.int32()), pa.field("parent_id", pa.string())]
 
     def capped_prompt(self, raw: str, synthetic: str) -> str | None:
         """The prompt, trimming the raw text's tail word by word only if it is over the cap;
@@ -137,16 +130,15 @@ class CapsFusion(MapStage[CapsFusionConfig]):
         cfg = self.config
         raws = batch.column(cfg.raw_column).to_pylist()
         synthetics = batch.column(cfg.synthetic_column).to_pylist()
-        reasons: list[str | None] = [None] * batch.num_rows
-        details: list[str | None] = [None] * batch.num_rows
+        rejects = Rejections(batch.num_rows)
         prompts: dict[int, str] = {}
         for i, (raw, synthetic) in enumerate(zip(raws, synthetics, strict=True)):
             if not raw or not raw.strip():
-                reasons[i], details[i] = "empty_raw", f"{cfg.raw_column} is empty"
+                rejects[i] = "empty_raw", f"{cfg.raw_column} is empty"
             elif not synthetic or not synthetic.strip():
-                reasons[i], details[i] = "empty_synthetic", f"{cfg.synthetic_column} is empty"
+                rejects[i] = "empty_synthetic", f"{cfg.synthetic_column} is empty"
             elif (prompt := self.capped_prompt(raw, synthetic)) is None:
-                reasons[i], details[i] = "prompt_too_long", \
+                rejects[i] = "prompt_too_long", \
                     f"the prompt without the raw text exceeds {cfg.max_prompt_tokens} tokens"
             else:
                 prompts[i] = prompt
@@ -162,22 +154,11 @@ class CapsFusion(MapStage[CapsFusionConfig]):
                             max_words=cfg.max_words, max_sentences=cfg.max_sentences,
                             examples=self.example_texts)
             if verdict is not None:
-                reasons[i], details[i] = verdict
+                rejects[i] = verdict
             else:
                 retention[i] = entity_retention(raws[i], text)
-        return split_by_reasons(self._with_outputs(batch, fused, retention, tokens),
-                                reasons, details, self.name)
-
-    def _with_outputs(self, batch: pa.Table, fused: list[Any], retention: list[Any],
-                      tokens: list[Any]) -> pa.Table:
-        schema = self.output_schema(batch.schema)
         parents = batch.column("id") if "id" in batch.column_names else \
             pa.nulls(batch.num_rows, pa.string())
-        added = {self.config.output_column: fused, "entity_retention": retention,
-                 "fusion_tokens": tokens, "parent_id": parents}
-        batch = batch.drop_columns([n for n in added if n in batch.column_names])
-        for name, values in added.items():
-            field = schema.field(name)
-            batch = batch.append_column(field, pa.array(values, field.type)
-                                        if isinstance(values, list) else values)
-        return batch
+        return rejects.split(self.with_added(batch, {
+            cfg.output_column: fused, "entity_retention": retention, "fusion_tokens": tokens,
+            "parent_id": parents}), self.name)

@@ -17,20 +17,12 @@ from pydantic import Field, model_validator
 
 from gristmill.inference import Generator, GeneratorConfig, load_generator
 from gristmill.scoring.math_answers import extract_answer
-from gristmill.stages.base import (
-    MapStage,
-    Split,
-    StageConfig,
-    reject_schema,
-    require_columns,
-    split_by_reasons,
-)
+from gristmill.stages.base import STRING_TYPES, ColumnTypes, Rejections, Split
 from gristmill.stages.question_columns import (
-    STRING_TYPES,
-    extend_schema,
+    QuestionConfig,
+    QuestionStage,
     overlay_default,
-    prompts_that_fit,
-    with_columns,
+    question_prompts,
 )
 
 SOLVE_INSTRUCTION = (
@@ -49,8 +41,7 @@ def row_seed(row_id: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class MathResponsesConfig(StageConfig):
-    question_column: str = "question"
+class MathResponsesConfig(QuestionConfig):
     generator: GeneratorConfig = GeneratorConfig(
         do_sample=True, temperature=0.7, top_p=0.95, num_return_sequences=5,
         max_new_tokens=2048, max_prompt_tokens=2048, batch_size=4)
@@ -64,8 +55,10 @@ class MathResponsesConfig(StageConfig):
         return overlay_default(data, "generator", cls.model_fields["generator"].default)
 
 
-class MathResponses(MapStage[MathResponsesConfig]):
+class MathResponses(QuestionStage[MathResponsesConfig]):
     name: ClassVar[str] = "math_responses"
+
+    NEEDS: ClassVar[ColumnTypes] = {"id": STRING_TYPES}
 
     ADDED: ClassVar[list[pa.Field]] = [
         pa.field("responses", pa.list_(pa.string())),
@@ -77,34 +70,15 @@ class MathResponses(MapStage[MathResponsesConfig]):
     def setup(self) -> None:
         self.generator: Generator = load_generator(self.config.generator)
 
-    def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES,
-                                            "id": STRING_TYPES})
-
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return extend_schema(input_schema, self.ADDED)
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
-
     def process(self, batch: pa.Table) -> Split:
         cfg = self.config
-        questions = batch.column(cfg.question_column).to_pylist()
         ids = batch.column("id").to_pylist()
         n = batch.num_rows
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
+        rejects = Rejections(n)
         values: dict[str, list] = {f.name: [None] * n for f in self.ADDED}
-        prompts = {}
-        for i, q in enumerate(questions):
-            if q is None or not q.strip():
-                reasons[i], details[i] = "empty_question", "the question is empty"
-            else:
-                prompts[i] = solve_prompt(q, cfg.instruction)
-        fit, over = prompts_that_fit(self.generator, prompts, cfg.generator.max_prompt_tokens)
-        for i, count in over.items():
-            reasons[i] = "prompt_too_long"
-            details[i] = f"{count} tokens > max_prompt_tokens {cfg.generator.max_prompt_tokens}"
+        fit = question_prompts(batch.column(cfg.question_column).to_pylist(),
+                               lambda q: solve_prompt(q, cfg.instruction), self.generator,
+                               cfg.generator.max_prompt_tokens, rejects)
         order = sorted(fit)
         if order:
             outputs = self.generator.generate([fit[i] for i in order],
@@ -112,11 +86,9 @@ class MathResponses(MapStage[MathResponsesConfig]):
             for i, samples in zip(order, outputs, strict=True):
                 self._keep_answered(i, samples, values)
                 if not values["responses"][i]:
-                    reasons[i] = "no_answer"
-                    details[i] = f"none of {len(samples)} samples gave a final answer " \
-                                 f"({values['drop_reasons'][i]})"
-        return split_by_reasons(with_columns(batch, self.ADDED, values), reasons, details,
-                                self.name)
+                    rejects[i] = "no_answer", (f"none of {len(samples)} samples gave a final "
+                                               f"answer ({values['drop_reasons'][i]})")
+        return rejects.split(self.with_added(batch, values), self.name)
 
     def _keep_answered(self, i: int, samples: list, values: dict[str, list]) -> None:
         kept_text, kept_answer, kept_tokens, dropped = [], [], [], []

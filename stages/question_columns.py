@@ -1,36 +1,48 @@
-"""Column helpers the ScaleQuest question stages share: typed appends and derived ids."""
+"""What the ScaleQuest question stages share: the question column, derived ids, prompts."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 
-STRING_TYPES = (pa.string(), pa.large_string())
+from gristmill.stages.base import (
+    STRING_TYPES,
+    AddColumnsStage,
+    ColumnTypes,
+    Rejections,
+    StageConfig,
+    require_columns,
+)
+
+EMPTY_QUESTION = ("empty_question", "the question is empty")
+
+
+class QuestionConfig(StageConfig):
+    """The question column's name, the same knob in every ScaleQuest stage."""
+
+    question_column: str = "question"
+
+
+QuestionConfigT = TypeVar("QuestionConfigT", bound=QuestionConfig)
+
+
+class QuestionStage(AddColumnsStage[QuestionConfigT]):
+    """A stage that reads the question column, plus the `NEEDS` columns (name: types)."""
+
+    NEEDS: ClassVar[ColumnTypes] = {}
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, self.name,
+                        {self.config.question_column: STRING_TYPES, **self.NEEDS})
 
 
 def derived_id(parent: str | None, text: str) -> str:
     """A stable id for a row made from `parent`: two generations of the same text from
     different seeds stay distinct rows (exact dedup, not the id, decides which survives)."""
     return hashlib.blake2b(f"{parent or ''}\n{text}".encode(), digest_size=16).hexdigest()
-
-
-def extend_schema(schema: pa.Schema, added: list[pa.Field]) -> pa.Schema:
-    """`schema` with `added` appended, replacing any column of the same name."""
-    names = {f.name for f in added}
-    return pa.schema([*(f for f in schema if f.name not in names), *added])
-
-
-def with_columns(batch: pa.Table, added: list[pa.Field], values: dict[str, Any]) -> pa.Table:
-    """Append (or replace) the `added` columns, building each from a list or an array."""
-    batch = batch.drop_columns([f.name for f in added if f.name in batch.column_names])
-    for field in added:
-        column = values[field.name]
-        if not isinstance(column, pa.Array | pa.ChunkedArray):
-            column = pa.array(column, field.type)
-        batch = batch.append_column(field, column)
-    return batch
 
 
 def prompts_that_fit(generator: Any, prompts: dict[int, str],
@@ -42,6 +54,22 @@ def prompts_that_fit(generator: Any, prompts: dict[int, str],
     fit = {i: prompts[i] for i, c in zip(order, counts, strict=True) if c <= limit}
     over = {i: c for i, c in zip(order, counts, strict=True) if c > limit}
     return fit, over
+
+
+def question_prompts(questions: list[str | None], prompt: Callable[[str], str],
+                     generator: Any, limit: int, rejects: Rejections) -> dict[int, str]:
+    """Prompts by row for the questions that are non-empty and fit in `limit` tokens; the
+    other rows are rejected (empty_question, prompt_too_long)."""
+    prompts = {}
+    for i, question in enumerate(questions):
+        if question is None or not question.strip():
+            rejects[i] = EMPTY_QUESTION
+        else:
+            prompts[i] = prompt(question)
+    fit, over = prompts_that_fit(generator, prompts, limit)
+    for i, count in over.items():
+        rejects[i] = "prompt_too_long", f"{count} tokens > max_prompt_tokens {limit}"
+    return fit
 
 
 def overlay_default(data: Any, field: str, default: Any) -> Any:

