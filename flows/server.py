@@ -31,9 +31,15 @@ class PrefectServerError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def url_host(host: str) -> str:
+    """An IPv6 address goes in brackets in a URL (`http://[::1]:4200`)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
@@ -86,7 +92,7 @@ def local_prefect_server(home: str | Path = ".gristmill/prefect", host: str = "1
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
-    api_url = f"http://{host}:{port}/api"
+    api_url = f"http://{url_host(host)}:{port}/api"
     if api_is_up(api_url):
         raise PrefectServerError(f"something already answers on {host}:{port}; "
                                  "pick another --port or set PREFECT_API_URL to use it")

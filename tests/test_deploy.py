@@ -23,7 +23,7 @@ import yaml
 
 from gristmill.flows.deploy import ServeSpec, build_deployments, load_serve_spec
 from gristmill.flows.registry import FLOWS
-from gristmill.flows.server import free_port
+from gristmill.flows.server import free_port, url_host
 from gristmill.sources import resolve
 from gristmill.storage.reader import Dataset
 
@@ -46,6 +46,11 @@ def test_a_schedule_needs_exactly_one_kind_and_a_known_flow() -> None:
         ServeSpec.model_validate({"deployments": {"ingest": {"schedules": [{}]}}})
     with pytest.raises(ValueError, match="unknown flows"):
         ServeSpec.model_validate({"deployments": {"nope": {}}})
+
+
+def test_an_ipv6_server_address_is_bracketed_in_its_url() -> None:
+    assert url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]"
+    assert url_host("127.0.0.1") == "127.0.0.1" and url_host("localhost") == "localhost"
 
 
 def test_serve_uses_the_api_url_of_the_active_prefect_profile(tmp_path: Path) -> None:
