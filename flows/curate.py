@@ -139,9 +139,9 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
     if params.prune is not None:
         prune = params.prune.with_(input=current, output=params.path("prune"),
                                    plots=str(plots), runtime=runtime)
-        selected = prune_flow(prune)
-        funnel.append(_funnel("prune", selected))
-        current = selected.output
+        steps = prune_flow(prune)
+        funnel.extend(_funnel(f"prune: {r.stage}", r) for r in steps)
+        current = steps[-1].output
     progress.step()
     return current
 

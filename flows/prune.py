@@ -115,7 +115,9 @@ def decisions_task(scored: str, config: PruneConfig, output: str,
 
 
 @flow(name="prune", log_prints=True)
-def prune_flow(params: PruneParams) -> StageResult:
+def prune_flow(params: PruneParams) -> list[StageResult]:
+    """embed -> score -> select; all three results, since embedding rejects rows too (empty
+    texts) and a funnel that skipped it would lose them."""
     cfg, runtime, out = params.config, params.runtime, params.output.rstrip("/")
     verify = runtime.storage.verify_inputs
     embedded = run_stage_cached(Embed, cfg.embed, DatasetInput(params.input, verify=verify),
@@ -145,4 +147,4 @@ def prune_flow(params: PruneParams) -> StageResult:
         + markdown_image(histogram, "prototype score histogram") + "\n\n"
         + markdown_image(sizes, "cluster sizes") + "\n",
         key="prune-report", description="prune: duplicates removed and prototype cut")
-    return selected
+    return [embedded, scored, selected]

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from gristmill.stages.base import (
+    STRING_TYPES,
     MapStage,
     Split,
     StageConfig,
@@ -25,7 +26,6 @@ from gristmill.stages.base import (
     require_columns,
 )
 
-STRING_TYPES = (pa.string(), pa.large_string())
 ADDED = {"parent_id": pa.string(), "passage_index": pa.int32(), "word_count": pa.int32(),
          "shard_id": pa.int32()}
 

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.inference.embed import resolve_embedder_folder
 from gristmill.stages.base import (
+    STRING_TYPES,
     MapStage,
     Resources,
     Split,
@@ -27,8 +28,6 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
-
-STRING_TYPES = (pa.string(), pa.large_string())
 
 
 class EmbedConfig(StageConfig):

@@ -36,6 +36,7 @@ from gristmill.scoring.pruning import (
 )
 from gristmill.stages.base import (
     REJECT_COLUMNS,
+    STRING_TYPES,
     MapStage,
     Split,
     StageConfig,
@@ -46,7 +47,7 @@ from gristmill.stages.base import (
 from gristmill.stages.code_version import code_version
 from gristmill.stages.dedup import DedupConfig, Duplicate, duplicate_decisions
 from gristmill.stages.embed import EmbedConfig, vector_array, vectors_of
-from gristmill.storage.fs import resolve
+from gristmill.storage.fs import Location, resolve, write_bytes_atomic
 from gristmill.storage.manifest import (
     InputRef,
     Lineage,
@@ -57,7 +58,6 @@ from gristmill.storage.manifest import (
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
-STRING_TYPES = (pa.string(), pa.large_string())
 SCORE_COLUMNS = ("cluster", "centroid_distance", "exact_key", "minhash")
 HISTOGRAM_BINS = 40
 
@@ -390,11 +390,14 @@ def build_decisions(scored_uri: str, config: PruneConfig, output: str,
                     storage: StorageConfig | None = None,
                     ) -> tuple[DatasetRef, DecisionSummary]:
     """Duplicates first (exact, MinHash, semantic), then the prototype cut over the rest,
-    committed as one row per rejected id."""
+    committed as one row per rejected id. The summary the report needs is saved beside the
+    decisions, so a rerun with the same key reads both instead of deduplicating again."""
     started = datetime.now(UTC)
     dataset = Dataset.open(scored_uri)
     inputs = [InputRef(uri=dataset.uri, content_sha256=content_sha256(dataset.manifest))]
     key = barrier_key("decisions", config, inputs)
+    if (reused := _reusable_decisions(output, key)) is not None:
+        return reused
     removed = resolve_survivors(duplicate_decisions(
         dataset, config.dedup, id_column=config.id_column,
         vector_column=config.embed.vector_column))
@@ -419,9 +422,28 @@ def build_decisions(scored_uri: str, config: PruneConfig, output: str,
     for decision in decisions.values():
         reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
     summary = summary.model_copy(update={"reasons": reasons, "cluster_sizes": sizes.tolist()})
-    if (ref := _reusable(output, key)) is not None:
-        return ref, summary
     options = {} if storage is None else {"checksum": storage.checksum}
     write_table(output, table, overwrite=True,
                 lineage=_lineage("prune_decisions", config, inputs, key, started), **options)
+    write_bytes_atomic(_summary_file(output), summary.model_dump_json().encode())
     return DatasetRef.of(output), summary
+
+
+def _summary_file(decisions_uri: str) -> Location:
+    """Beside the decisions folder, not in it: a dataset folder holds only what the writer
+    made."""
+    return resolve(decisions_uri.rstrip("/") + ".summary.json")
+
+
+def _reusable_decisions(output: str, key: str) -> tuple[DatasetRef, DecisionSummary] | None:
+    """The committed decisions under `key` and their summary; None when either is missing
+    (a run killed between the two writes recomputes)."""
+    ref = _reusable(output, key)
+    summary_file = _summary_file(output)
+    if ref is None or not summary_file.exists():
+        return None
+    try:
+        with summary_file.fs.open_input_stream(summary_file.path) as stream:
+            return ref, DecisionSummary.model_validate_json(stream.read())
+    except ValueError:
+        return None

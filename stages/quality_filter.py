@@ -42,6 +42,7 @@ from gristmill.scoring.quality import (
 )
 from gristmill.stages.base import (
     REJECT_COLUMNS,
+    STRING_TYPES,
     MapStage,
     Split,
     StageConfig,
@@ -53,7 +54,6 @@ from gristmill.stages.base import (
 from gristmill.storage.fs import read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.reader import Dataset
 
-STRING_TYPES = (pa.string(), pa.large_string())
 SCORE_TYPES = (pa.float64(), pa.float32())
 TOKEN_TYPES = (pa.int64(), pa.int32(), pa.int16(), pa.uint32(), pa.uint64())
 REJECT_REASON = "below_selected_quality_pool"

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from gristmill.scoring import text_stats
 from gristmill.stages.base import (
+    STRING_TYPES,
     MapStage,
     Split,
     StageConfig,
@@ -22,8 +23,6 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
-
-STRING_TYPES = (pa.string(), pa.large_string())
 
 
 class TextFilterConfig(StageConfig):

@@ -108,7 +108,8 @@ def prefect_server() -> Iterator[None]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local", "prefect_server")
-def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(tmp_path: Path) -> None:
+def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = str(tmp_path / "in")
     rows = owt_rows()
     write_table(source, rows)
@@ -119,7 +120,9 @@ def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(tmp_path: P
     params = PruneParams(input=source, output=str(tmp_path / "prune"), config=config,
                          plots=str(tmp_path / "plots"),
                          runtime=RuntimeConfig(progress=False, storage=StorageConfig()))
-    selected = prune_flow(params)
+    embedded_result, scored_result, selected = prune_flow(params)
+    assert embedded_result.stats.rows_rejected == 2
+    assert scored_result.stats.rows_out == selected.stats.rows_in
 
     embedded = Dataset.open(str(tmp_path / "prune" / "embedded"))
     assert embedded.rejected.to_table().column("reject_reason").to_pylist() == ["empty_text"] * 2
@@ -151,5 +154,9 @@ def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(tmp_path: P
     assert "data:image/png;base64," in artifacts[-1].data
     assert "exact_duplicate" in artifacts[-1].data
 
+    def no_recompute(*_: object, **__: object) -> None:
+        raise AssertionError("the decision barrier ran again on unchanged input")
+
+    monkeypatch.setattr("gristmill.stages.prune.duplicate_decisions", no_recompute)
     again = prune_flow(params)
-    assert again.cache_key == selected.cache_key
+    assert again[-1].cache_key == selected.cache_key
