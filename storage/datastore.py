@@ -10,19 +10,26 @@ Layout under the datastore root:
 Every shard starts from the same trained index (coarse quantizer, PQ codebooks, optional
 OPQ rotation), so shards are built in parallel and new document shards are added later
 without retraining. Scores are inner products, as in MassiveDS.
+
+Index files are checked on load: their size always, their checksum unless the datastore was
+opened with verify=False (hashing costs a few percent of reading and deserializing, see
+`Datastore.open`). Adding shards checks shard and passage ids before writing anything.
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
 from gristmill.config import FrozenModel
@@ -41,6 +48,9 @@ from gristmill.storage.writer import write_table
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TRAINED = "trained.faiss"
+ID = "id"
+SHOWN_IDS = 5
+"""How many clashing passage ids an error message lists."""
 
 
 class DatastoreError(DatasetError):
@@ -127,7 +137,31 @@ def _verify(data: bytes, expected: str, what: str) -> None:
     hasher = new_hasher(algorithm_of(expected))
     hasher.update(data)
     if format_checksum(algorithm_of(expected), hasher) != expected:
-        raise DatastoreError(f"{what} does not match its checksum in the manifest")
+        raise DatastoreError(f"{what} does not match its checksum in the manifest "
+                             "(corrupt or overwritten)")
+
+
+def read_index_file(location: Location, what: str, *, size: int | None = None,
+                    checksum: str | None = None) -> Any:
+    """Read and deserialize one index file, checked before FAISS parses a byte of it.
+
+    A missing, truncated or corrupt file is a DatastoreError naming the file, never a FAISS
+    crash: the size is compared first (no read), then the checksum when one is given.
+    """
+    what = f"{what} {location.uri()}"
+    info = location.fs.get_file_info(location.path)
+    if info.type == pafs.FileType.NotFound:
+        raise DatastoreError(f"{what} is listed in the manifest but missing")
+    if size is not None and info.size != size:
+        raise DatastoreError(f"{what} is {info.size} bytes on disk, the manifest says {size} "
+                             "(truncated or overwritten)")
+    data = read_bytes(location)
+    if checksum is not None:
+        _verify(data, checksum, what)
+    try:
+        return deserialize(data)
+    except RuntimeError as err:
+        raise DatastoreError(f"{what} is not a readable FAISS index: {err}") from err
 
 
 def serialize(index: Any) -> bytes:
@@ -142,12 +176,24 @@ def deserialize(data: bytes) -> Any:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
+def check_vectors(vectors: np.ndarray, dim: int) -> None:
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise DatastoreError(f"vectors have shape {vectors.shape}; the datastore holds {dim}-d")
+
+
 def as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
     """C-contiguous float32 (n, dim), the only layout FAISS takes."""
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[1] != dim:
-        raise DatastoreError(f"vectors have shape {matrix.shape}; the datastore holds {dim}-d")
+    check_vectors(matrix, dim)
     return matrix
+
+
+def check_shard(shard_id: int, vectors: np.ndarray, passages: pa.Table, dim: int) -> None:
+    """One vector per passage, of the datastore's width: checked before anything is written."""
+    check_vectors(np.asarray(vectors), dim)
+    if len(vectors) != passages.num_rows:
+        raise DatastoreError(f"shard {shard_id}: {len(vectors)} vectors for "
+                             f"{passages.num_rows} passages")
 
 
 def train_index(spec: IndexSpec, dim: int, sample: np.ndarray) -> Any:
@@ -181,20 +227,29 @@ def set_nprobe(index: Any, nprobe: int) -> None:
 class Datastore:
     """A committed datastore: its manifest, and shards opened on first use."""
 
-    def __init__(self, location: Location, manifest: DatastoreManifest) -> None:
+    def __init__(self, location: Location, manifest: DatastoreManifest, *,
+                 verify: bool = True) -> None:
         self.location = location
         self.manifest = manifest
+        self.verify = verify
         self._indexes: dict[int, Any] = {}
         self._passages: dict[int, Dataset] = {}
         self._vectors: dict[int, np.ndarray] = {}
 
     @classmethod
-    def open(cls, uri: str | Location) -> Datastore:
+    def open(cls, uri: str | Location, *, verify: bool = True) -> Datastore:
+        """The committed datastore at `uri`; its shards load on first use.
+
+        `verify` checks each index file's checksum as it loads (its size is always checked).
+        Hashing with xxh3_128 runs at memory speed: a few percent of the read and
+        deserialize it guards, so it is on unless asked otherwise.
+        """
         location = resolve(uri)
         path = location.join(MANIFEST)
         if not path.exists():
             raise DatastoreError(f"{location.uri()} is not a datastore (no {MANIFEST})")
-        return cls(location, DatastoreManifest.model_validate_json(read_bytes(path)))
+        manifest = DatastoreManifest.model_validate_json(read_bytes(path))
+        return cls(location, manifest, verify=verify)
 
     @property
     def uri(self) -> str:
@@ -210,17 +265,21 @@ class Datastore:
                 return entry
         raise DatastoreError(f"datastore {self.uri} has no shard {shard_id}")
 
-    def index(self, shard_id: int, *, verify: bool = False) -> Any:
-        """The shard's FAISS index, loaded once, with the manifest's nprobe."""
+    def index(self, shard_id: int, *, verify: bool | None = None) -> Any:
+        """The shard's FAISS index, loaded once, with the manifest's nprobe.
+
+        `verify` (default: as opened) also checks the file's checksum, not only its size.
+        """
         if shard_id not in self._indexes:
             entry = self.shard(shard_id)
-            data = read_bytes(self.location.join(entry.index_file))
-            if verify:
-                _verify(data, entry.checksum, f"shard {shard_id} index")
-            index = deserialize(data)
-            if index.ntotal != entry.vectors:
-                raise DatastoreError(f"shard {shard_id} index holds {index.ntotal} vectors, "
-                                     f"the manifest says {entry.vectors}")
+            check = self.verify if verify is None else verify
+            index = read_index_file(self.location.join(entry.index_file),
+                                    f"shard {shard_id} index", size=entry.index_bytes,
+                                    checksum=entry.checksum if check else None)
+            if index.ntotal != entry.vectors or index.d != self.manifest.dim:
+                raise DatastoreError(f"shard {shard_id} index holds {index.ntotal} vectors of "
+                                     f"{index.d}-d, the manifest says {entry.vectors} of "
+                                     f"{self.manifest.dim}-d")
             set_nprobe(index, self.manifest.index.nprobe)
             self._indexes[shard_id] = index
         return self._indexes[shard_id]
@@ -258,9 +317,35 @@ class Datastore:
 
             return faiss.index_factory(self.manifest.dim, self.manifest.index.factory(),
                                        faiss.METRIC_INNER_PRODUCT)
-        data = read_bytes(self.location.join(training.file))
-        _verify(data, training.checksum, "trained index")
-        return deserialize(data)
+        return read_index_file(self.location.join(training.file), "trained index",
+                               checksum=training.checksum)
+
+
+def passage_ids(shard_id: int, passages: pa.Table) -> pa.Array:
+    """A shard's passage ids: every passage needs one, since hits are reported by id."""
+    if ID not in passages.column_names:
+        raise DatastoreError(f"shard {shard_id}: passages have no {ID!r} column")
+    ids = passages.column(ID).combine_chunks()
+    if ids.null_count:
+        raise DatastoreError(f"shard {shard_id}: {ids.null_count} passages have a null id")
+    return ids
+
+
+def repeated_ids(ids: pa.Array) -> list[Any]:
+    counts = pc.value_counts(ids)
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
+
+
+def shared_ids(ids: pa.Array, held: pa.Array) -> list[Any]:
+    """The ids in `ids` that `held` also has."""
+    if held.type != ids.type:
+        held = held.cast(ids.type)
+    return ids.filter(pc.is_in(ids, value_set=held)).to_pylist()
+
+
+def listing(ids: list[Any]) -> str:
+    shown = ", ".join(repr(i) for i in ids[:SHOWN_IDS])
+    return shown if len(ids) <= SHOWN_IDS else f"{shown}, ... ({len(ids)} in all)"
 
 
 def shard_folder(shard_id: int) -> str:
@@ -275,10 +360,8 @@ def write_shard(root: str | Location, shard_id: int, trained: bytes, vectors: np
     parallel by threads or Ray tasks and then committed together.
     """
     location = resolve(root)
+    check_shard(shard_id, vectors, passages, dim)
     matrix = as_matrix(vectors, dim)
-    if len(matrix) != passages.num_rows:
-        raise DatastoreError(f"shard {shard_id}: {len(matrix)} vectors for "
-                             f"{passages.num_rows} passages")
     index = deserialize(trained)
     index.add(matrix)
     data = serialize(index)
@@ -302,14 +385,17 @@ class DatastoreBuilder:
     """Create a datastore (train once) or extend a committed one; commit writes the manifest.
 
     Typical use: `builder = DatastoreBuilder.create(uri, spec, dim)`, `builder.train(sample)`,
-    `write_shard(uri, s, builder.trained, ...)` for each shard (in parallel), then
-    `builder.commit(entries)`. `DatastoreBuilder.extend(uri)` reuses the stored training.
+    `builder.add_shards(...)` (or `write_shard(uri, s, builder.trained, ...)` for each shard,
+    on other processes), then `builder.commit(entries)`. `DatastoreBuilder.extend(uri)`
+    reuses the stored training.
     """
 
     def __init__(self, location: Location, manifest: DatastoreManifest, trained: bytes) -> None:
         self.location = location
         self.manifest = manifest
         self.trained = trained
+        self._added: dict[int, pa.Array] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def create(cls, uri: str | Location, spec: IndexSpec, dim: int, *,
@@ -356,16 +442,92 @@ class DatastoreBuilder:
     def add_shard(self, shard_id: int, vectors: np.ndarray,
                   passages: pa.Table) -> DatastoreShard:
         """Write one shard now (single process); commit() still has to list it."""
+        return self.add_shards({shard_id: (vectors, passages)})[0]
+
+    def add_shards(self, shards: Mapping[int, tuple[np.ndarray, pa.Table]], *,
+                   threads: int = 1) -> list[DatastoreShard]:
+        """Write shards now, in `threads` threads; commit() still has to list them.
+
+        Every shard is checked before any file is written: vectors fit the passages, the shard
+        id is free (not committed, not added to this builder already), and the passage ids are
+        unique and held by no committed or added shard. A refusal leaves the datastore as it
+        was, byte for byte. Committed ids are read from the passages' id column (memory-mapped
+        when local, so the text is not read).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         self._check_trained()
-        return write_shard(self.location, shard_id, self.trained, vectors, passages,
-                           self.manifest.dim, keep_vectors=self.manifest.index.keep_vectors)
+        if not shards:
+            return []
+        ids = {}
+        for shard_id, (vectors, passages) in shards.items():
+            check_shard(shard_id, vectors, passages, self.manifest.dim)
+            ids[shard_id] = passage_ids(shard_id, passages)
+        new = self._reserve(ids)
+        try:
+            self._check_committed(new)
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                jobs = [pool.submit(write_shard, self.location, shard_id, self.trained, vectors,
+                                    passages, self.manifest.dim,
+                                    keep_vectors=self.manifest.index.keep_vectors)
+                        for shard_id, (vectors, passages) in shards.items()]
+                return [job.result() for job in jobs]
+        except BaseException:
+            with self._lock:
+                for shard_id in ids:
+                    self._added.pop(shard_id, None)
+            raise
+
+    def check_new_ids(self, ids: pa.Array) -> None:
+        """Refuse passage ids repeated in `ids` or held by a committed shard: the build path
+        checks all its new inputs with this before it writes anything."""
+        if repeated := repeated_ids(ids):
+            raise DatastoreError(f"passage ids repeated among the new inputs: {listing(repeated)}")
+        self._check_committed(ids)
+
+    def _reserve(self, ids: dict[int, pa.Array]) -> pa.Array:
+        """Claim the shard ids for this builder once they and their passage ids are free;
+        returns every new passage id."""
+        first = next(iter(ids.values())).type
+        new = pa.concat_arrays([a if a.type == first else a.cast(first) for a in ids.values()])
+        if repeated := repeated_ids(new):
+            raise DatastoreError(f"passage ids repeated among the new shards: {listing(repeated)}")
+        with self._lock:
+            for shard_id in ids:
+                self._check_free(shard_id)
+            for shard_id, added in self._added.items():
+                if clash := shared_ids(new, added):
+                    raise DatastoreError(f"passage ids already in shard {shard_id}, added to "
+                                         f"this builder: {listing(clash)}")
+            self._added.update(ids)
+        return new
+
+    def _check_free(self, shard_id: int) -> None:
+        if shard_id < 0:
+            raise DatastoreError(f"shard ids start at 0, got {shard_id}")
+        if shard_id in self._committed_ids():
+            raise DatastoreError(f"shard {shard_id} is already in datastore "
+                                 f"{self.location.uri()}; next free id: {self.next_shard_id()}")
+        if shard_id in self._added:
+            raise DatastoreError(f"shard {shard_id} was already added to this builder")
+
+    def _committed_ids(self) -> set[int]:
+        return {s.shard_id for s in self.manifest.shards}
+
+    def _check_committed(self, new: pa.Array) -> None:
+        for entry in self.manifest.shards:
+            held = Dataset.open(self.location.join(entry.passages))
+            if ID not in held.schema.names:
+                continue
+            if clash := shared_ids(new, held.to_table(columns=[ID]).column(ID).combine_chunks()):
+                raise DatastoreError(f"passage ids already in shard {entry.shard_id} of "
+                                     f"datastore {self.location.uri()}: {listing(clash)}")
 
     def commit(self, entries: list[DatastoreShard],
                inputs: Sequence[InputRef] = ()) -> DatastoreManifest:
         """List the new shards in the manifest, replacing it atomically."""
         self._check_trained()
-        known = {s.shard_id for s in self.manifest.shards}
-        clash = sorted(known & {e.shard_id for e in entries})
+        clash = sorted(self._committed_ids() & {e.shard_id for e in entries})
         if clash or len({e.shard_id for e in entries}) != len(entries):
             raise DatastoreError(f"shard ids already in the datastore or repeated: {clash}")
         shards = sorted([*self.manifest.shards, *entries], key=lambda s: s.shard_id)
@@ -374,6 +536,9 @@ class DatastoreBuilder:
                     "updated": datetime.now(UTC)})
         write_bytes_atomic(self.location.join(MANIFEST),
                            self.manifest.model_dump_json(indent=2).encode())
+        with self._lock:
+            for entry in entries:
+                self._added.pop(entry.shard_id, None)
         return self.manifest
 
     def _check_trained(self) -> None:
@@ -388,15 +553,17 @@ def build_from_arrays(uri: str | Location, spec: IndexSpec,
     """Build (or extend) a datastore from in-memory shards, writing shards in threads.
 
     `sample` trains IVF-PQ; without it a seeded draw of `spec.train_size` vectors from all
-    shards is used. An existing datastore at `uri` is extended without retraining.
+    shards is used. An existing datastore at `uri` is extended without retraining. Every
+    shard is checked before any is written (see `DatastoreBuilder.add_shards`).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     location = resolve(uri)
-    dim = next(iter(shards.values()))[0].shape[1]
     if location.join(MANIFEST).exists():
         builder = DatastoreBuilder.extend(location)
+    elif not shards:
+        raise DatastoreError(f"no shards to build {location.uri()} from: the vector width of "
+                             "a new datastore comes from its shards")
     else:
+        dim = next(iter(shards.values()))[0].shape[1]
         builder = DatastoreBuilder.create(location, spec, dim, embedder=embedder)
     if builder.needs_training:
         if sample is None:
@@ -406,8 +573,4 @@ def build_from_arrays(uri: str | Location, spec: IndexSpec,
                               replace=False)
             sample = everything[np.sort(take)]
         builder.train(sample)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        jobs = [pool.submit(builder.add_shard, shard_id, vectors, passages)
-                for shard_id, (vectors, passages) in shards.items()]
-        entries = [job.result() for job in jobs]
-    return builder.commit(entries)
+    return builder.commit(builder.add_shards(shards, threads=threads))

@@ -3,7 +3,10 @@ adds, manifest and checksums, and the post-retrieval filters."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +44,12 @@ def random_shards(count: int, per_shard: int, seed: int = 0,
 def open_retriever(uri: str) -> Retriever:
     store = Datastore.open(uri)
     return Retriever(store, ThreadSearcher(store), embedder=None)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and folder under root, files with their sha256: a datastore byte for byte."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_file() else "folder" for p in sorted(root.rglob("*"))}
 
 
 def test_sharded_flat_equals_one_flat_index(tmp_path) -> None:
@@ -93,6 +102,131 @@ def test_mismatched_vectors_and_passages_are_refused(tmp_path) -> None:
         builder.add_shard(0, np.zeros((9, 8), np.float32), passages([str(i) for i in range(9)]))
     with pytest.raises(DatastoreError, match="not a datastore"):
         Datastore.open(str(tmp_path / "ds"))  # nothing committed yet
+
+
+def test_a_taken_shard_id_or_held_passage_id_is_refused_before_any_write(tmp_path) -> None:
+    root = tmp_path / "ds"
+    build_from_arrays(str(root), IndexSpec(), random_shards(2, 30))
+    before = tree_digest(root)
+    builder = DatastoreBuilder.extend(str(root))
+    vectors = np.ones((3, DIM), np.float32)
+    with pytest.raises(DatastoreError, match=r"shard 1 is already in datastore .*next free id: 2"):
+        builder.add_shard(1, vectors, passages(["a", "b", "c"]))
+    with pytest.raises(DatastoreError, match=r"passage ids already in shard 1 of datastore .*: "
+                                             r"'p1-7'$"):
+        builder.add_shard(2, vectors, passages(["a", "p1-7", "c"]))
+    with pytest.raises(DatastoreError, match=r"repeated among the new shards: 'a'$"):
+        builder.add_shard(2, vectors, passages(["a", "b", "a"]))
+    with pytest.raises(DatastoreError, match="no 'id' column"):
+        builder.add_shard(2, vectors, passages(["a", "b", "c"]).drop_columns(["id"]))
+    clashing = {2: (vectors, passages(["x", "y", "z"])),
+                3: (vectors, passages([f"p0-{i}" for i in range(9)] + ["w"]).slice(7, 3))}
+    with pytest.raises(DatastoreError, match=r"already in shard 0 .*'p0-7', 'p0-8'$"):
+        build_from_arrays(str(root), IndexSpec(), clashing)  # shard 2 is fine: not written either
+    assert tree_digest(root) == before
+
+    entry = builder.add_shard(2, vectors, passages(["a", "b", "c"]))  # refusals claimed nothing
+    added = tree_digest(root)
+    with pytest.raises(DatastoreError, match="shard 2 was already added to this builder"):
+        builder.add_shard(2, vectors, passages(["d", "e", "f"]))
+    with pytest.raises(DatastoreError, match=r"already in shard 2, added to this builder: 'b'$"):
+        builder.add_shard(3, vectors, passages(["d", "b", "f"]))
+    assert tree_digest(root) == added
+    builder.commit([entry])
+    assert Datastore.open(str(root)).shard_ids == [0, 1, 2]
+
+
+def test_a_datastore_without_shards_gives_every_query_no_hits(tmp_path) -> None:
+    from gristmill.retrieval.build import build_datastore_from
+    from gristmill.retrieval.search import RaySearcher
+    from gristmill.storage.writer import write_table
+
+    empty = pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+                      "shard_id": pa.array([], pa.int32()),
+                      "embedding": pa.array([], pa.list_(pa.float32(), DIM))})
+    write_table(str(tmp_path / "embedded"), empty)
+    uri = str(tmp_path / "ds")
+    build_datastore_from(uri, [str(tmp_path / "embedded")], IndexSpec(), embedder={})
+    store = Datastore.open(uri)
+    assert store.shard_ids == []
+    queries = np.ones((3, DIM), np.float32)
+    for searcher in (ThreadSearcher(store), RaySearcher(store, actors=2)):
+        found = search_candidates(store, searcher, queries, 10)
+        searcher.close()
+        assert found.rows.shape == (3, 10)
+        assert [len(found.valid(q)) for q in range(3)] == [0, 0, 0]
+    assert open_retriever(uri).search_vectors(queries, SearchOptions(k=5)) == [[], [], []]
+    with pytest.raises(DatastoreError, match="no shards to build"):
+        build_from_arrays(str(tmp_path / "nothing"), IndexSpec(), {})
+
+
+def embedded_table(ids: list[str], seed: int = 0) -> pa.Table:
+    vectors = np.random.default_rng(seed).standard_normal((len(ids), DIM)).astype(np.float32)
+    return pa.table({"id": ids, "text": [f"passage {i}" for i in ids],
+                     "shard_id": pa.array([0] * len(ids), pa.int32()),
+                     "embedding": pa.FixedSizeListArray.from_arrays(vectors.ravel(), DIM)})
+
+
+def test_building_from_inputs_that_share_passage_ids_is_refused_before_any_write(
+        tmp_path) -> None:
+    from gristmill.retrieval.build import build_datastore_from
+    from gristmill.storage.writer import write_table
+
+    for name, ids, seed in [("v1", ["a", "b", "c"], 0), ("v2", ["c", "d"], 1),
+                            ("twice", ["e", "e"], 2)]:
+        write_table(str(tmp_path / name), embedded_table(ids, seed))
+    uri = str(tmp_path / "ds")
+    build_datastore_from(uri, [str(tmp_path / "v1")], IndexSpec(), embedder={})
+    before = tree_digest(tmp_path / "ds")
+    with pytest.raises(DatastoreError, match=r"already in shard 0.*'c'"):
+        build_datastore_from(uri, [str(tmp_path / "v2")], IndexSpec(), embedder={})
+    with pytest.raises(DatastoreError, match="repeated among the new inputs: 'e'"):
+        build_datastore_from(uri, [str(tmp_path / "twice")], IndexSpec(), embedder={})
+    assert tree_digest(tmp_path / "ds") == before
+
+
+def test_an_ivfpq_datastore_from_no_passages_says_there_is_nothing_to_train_on(
+        tmp_path) -> None:
+    from gristmill.retrieval.build import build_datastore_from
+    from gristmill.storage.writer import write_table
+
+    write_table(str(tmp_path / "empty"), embedded_table([]))
+    with pytest.raises(DatastoreError, match="no passages to train the index on"):
+        build_datastore_from(str(tmp_path / "ds"), [str(tmp_path / "empty")],
+                             IndexSpec(kind="ivfpq", nlist=4, pq_m=4), embedder={})
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    ("flip", "does not match its checksum"),
+    ("truncate", "is 1000 bytes on disk, the manifest says {size} (truncated or overwritten)"),
+    ("delete", "is listed in the manifest but missing"),
+])
+def test_a_damaged_index_file_is_a_clear_error_naming_it(tmp_path, damage, problem) -> None:
+    uri = str(tmp_path / "ds")
+    build_from_arrays(uri, IndexSpec(), random_shards(2, 30))
+    index_file = tmp_path / "ds" / Datastore.open(uri).shard(1).index_file
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a vector's bit: FAISS alone would load it without a word
+    {"flip": lambda: index_file.write_bytes(bytes(data)),
+     "truncate": lambda: index_file.write_bytes(bytes(data[:1000])),
+     "delete": index_file.unlink}[damage]()
+    message = f"shard 1 index {index_file} {problem.format(size=len(data))}"
+    with pytest.raises(DatastoreError, match=re.escape(message)):
+        ThreadSearcher(Datastore.open(uri))
+
+
+def test_without_verify_sizes_are_still_checked_and_faiss_errors_are_named(tmp_path) -> None:
+    uri = str(tmp_path / "ds")
+    build_from_arrays(uri, IndexSpec(), random_shards(1, 30))
+    index_file = tmp_path / "ds" / Datastore.open(uri).shard(0).index_file
+    data = index_file.read_bytes()
+    index_file.write_bytes(b"XXXX" + data[4:])
+    with pytest.raises(DatastoreError, match=re.escape(f"{index_file} is not a readable FAISS "
+                                                       "index: ") + ".*not recognized"):
+        Datastore.open(uri, verify=False).index(0)
+    index_file.write_bytes(data + b"\0")
+    with pytest.raises(DatastoreError, match="bytes on disk"):
+        Datastore.open(uri, verify=False).index(0)
 
 
 def test_ivfpq_is_trained_once_and_new_shards_add_without_retraining(tmp_path) -> None:

@@ -27,8 +27,10 @@ from pydantic import BaseModel
 
 from gristmill.stages.embed import vectors_of
 from gristmill.storage.datastore import (
+    ID,
     MANIFEST,
     DatastoreBuilder,
+    DatastoreError,
     DatastoreManifest,
     IndexSpec,
     write_shard,
@@ -74,6 +76,9 @@ def draw_sample(datasets: Sequence[Dataset], vector_column: str, size: int,
     """A uniform seeded sample of `size` vectors over all rows, read shard by shard."""
     counts = [s.rows for d in datasets for s in d.shards]
     total = sum(counts)
+    if total == 0:
+        raise DatastoreError("the inputs hold no passages to train the index on; a flat index "
+                             "needs no training")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(total, min(size, total), replace=False))
     parts, offset, shard_no = [], 0, 0
@@ -87,6 +92,16 @@ def draw_sample(datasets: Sequence[Dataset], vector_column: str, size: int,
             offset += rows
             shard_no += 1
     return np.concatenate(parts)
+
+
+def new_passage_ids(datasets: Sequence[Dataset]) -> pa.Array:
+    """Every passage id of the inputs (the id column only, one shard at a time)."""
+    parts = [d.read_shard(i, columns=[ID]).column(ID).combine_chunks()
+             for d in datasets for i in range(len(d.shards))]
+    if not parts:
+        return pa.array([], pa.string())
+    return pa.concat_arrays([p if p.type == parts[0].type else p.cast(parts[0].type)
+                             for p in parts])
 
 
 def partition_unit(dataset_uri: str, index: int, tag: str, staging: str,
@@ -136,6 +151,8 @@ def build_datastore_from(uri: str, inputs: Sequence[str], spec: IndexSpec, *,
         builder = DatastoreBuilder.create(location, spec, dim, embedder=embedder)
     held = {r.content_sha256 for r in builder.manifest.inputs}
     new = [(d, r) for d, r in zip(datasets, refs, strict=True) if r.content_sha256 not in held]
+    if new:
+        builder.check_new_ids(new_passage_ids([d for d, _ in new]))
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if builder.needs_training:

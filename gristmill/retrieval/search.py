@@ -4,6 +4,8 @@ Each shard returns its own top-K by inner product; the global top-K is among the
 those lists, so sorting the union by score (ties by shard, then row) gives exactly what one
 index over every vector would return. Shards are searched in parallel: threads in this
 process (FAISS releases the GIL), or Ray actors that each hold some shards, on any node.
+A datastore with no shards is valid (built from an empty input): every query gets K empty
+slots, so no hits, whichever searcher runs it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class Candidates:
     def valid(self, query: int) -> np.ndarray:
         """Positions of real (non-empty) candidates of one query, best first."""
         return np.flatnonzero(self.rows[query] != MISSING)
+
+    @classmethod
+    def empty(cls, queries: int, k: int) -> Candidates:
+        """No candidates for any query: what a datastore without shards returns."""
+        return cls(scores=np.full((queries, k), -np.inf, np.float32),
+                   shards=np.full((queries, k), MISSING, np.int64),
+                   rows=np.full((queries, k), MISSING, np.int64))
 
 
 def merge_topk(per_shard: Sequence[tuple[int, np.ndarray, np.ndarray]], k: int) -> Candidates:
@@ -120,20 +129,24 @@ class ShardGroupActor:
 
 
 class RaySearcher:
-    """Shards spread round-robin over `actors` Ray actors, searched in parallel."""
+    """Shards spread round-robin over `actors` Ray actors (one at least, one per shard at
+    most), searched in parallel; a datastore without shards gets no actors and skips Ray."""
 
     def __init__(self, store: Datastore, actors: int, num_cpus: float = 1.0) -> None:
         import ray
 
         remote = ray.remote(num_cpus=num_cpus)(ShardGroupActor)
         ids = store.shard_ids
-        groups = [ids[i::actors] for i in range(min(actors, len(ids)))]
+        count = min(max(actors, 1), len(ids))
+        groups = [ids[i::count] for i in range(count)]
         self.actors = [remote.remote(store.uri, g, store.manifest.index.nprobe) for g in groups]
 
     def search(self, queries: np.ndarray, k: int,
                nprobe: int | None) -> list[tuple[int, np.ndarray, np.ndarray]]:
         import ray
 
+        if not self.actors:
+            return []
         parts = ray.get([a.search.remote(queries, k, nprobe) for a in self.actors])
         return [item for part in parts for item in part]
 
@@ -147,6 +160,9 @@ class RaySearcher:
 def search_candidates(store: Datastore, searcher: ShardSearcher, queries: np.ndarray, k: int,
                       nprobe: int | None = None) -> Candidates:
     """The exact global top-k over all shards (exact for Flat; per-shard approximate for
-    IVF-PQ, merged exactly)."""
+    IVF-PQ, merged exactly); all slots empty when the datastore has no shards."""
     matrix = as_matrix(queries, store.manifest.dim)
-    return merge_topk(searcher.search(matrix, k, nprobe), k)
+    per_shard = searcher.search(matrix, k, nprobe)
+    if not per_shard:
+        return Candidates.empty(len(matrix), k)
+    return merge_topk(per_shard, k)
