@@ -34,7 +34,7 @@ from gristmill.stages.question_columns import (
     QuestionConfig,
     QuestionStage,
     overlay_default,
-    prompts_that_fit,
+    question_prompts,
 )
 from gristmill.stages.question_scorer_model import SequenceScorer, check_model_folder
 from gristmill.storage.reader import Dataset
@@ -100,23 +100,21 @@ class DifficultyScore(QuestionStage[DifficultyScoreConfig]):
         rejects = Rejections(n)
         scores: list[float | None] = [None] * n
         replies: list[str | None] = [None] * n
-        valid = [i for i, q in enumerate(questions) if q and q.strip()]
-        for i in set(range(n)) - set(valid):
-            rejects[i] = EMPTY_QUESTION
-        if cfg.scorer == "classifier" and valid:
-            for i, s in zip(valid, self.classifier.score([questions[i] for i in valid]),
-                            strict=True):
-                scores[i] = s
-        elif valid:
-            prompts = {i: f"{cfg.instruction}\n\nProblem:\n{questions[i]}\n\nDifficulty:"
-                       for i in valid}
-            fit, over = prompts_that_fit(self.generator, prompts,
-                                         cfg.generator.max_prompt_tokens)
-            for i, count in over.items():
-                rejects[i] = "prompt_too_long", f"{count} tokens"
+        if cfg.scorer == "classifier":
+            valid = [i for i, q in enumerate(questions) if q and q.strip()]
+            for i in set(range(n)) - set(valid):
+                rejects[i] = EMPTY_QUESTION
+            if valid:
+                for i, s in zip(valid, self.classifier.score([questions[i] for i in valid]),
+                                strict=True):
+                    scores[i] = s
+        else:
+            fit = question_prompts(
+                questions, lambda q: f"{cfg.instruction}\n\nProblem:\n{q}\n\nDifficulty:",
+                self.generator, cfg.generator.max_prompt_tokens, rejects)
             order = sorted(fit)
-            for i, out in zip(order, self.generator.generate([fit[i] for i in order]),
-                              strict=True):
+            outputs = self.generator.generate([fit[i] for i in order]) if order else []
+            for i, out in zip(order, outputs, strict=True):
                 replies[i] = out[0].text.strip()
                 rating = parse_rating(replies[i])
                 scores[i] = None if rating is None else float(rating)

@@ -3,7 +3,9 @@ redoing the steps that had committed (slow: real Ray, Prefect, MiniLM)."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,4 +62,15 @@ def test_a_killed_run_resumes_at_the_first_unfinished_step(tmp_path: Path) -> No
         assert (run / step / "manifest.json").read_bytes() == manifest, f"{step} was redone"
     final = Dataset.open(str(run / "final"))
     assert final.num_rows == 20 * 8
-    assert set(final.schema.names) >= {"id", "text", "domain", "step"}
+    chain = ["ingest", "text_filter", "quality: score", "quality: select pool", "prune: embed",
+             "prune: prune_score", "prune: prune_select"]
+    funnel = {m["step"]: [int(m[key].replace(",", "")) for key in ("rows_in", "out", "rej")]
+              for m in re.finditer(r"' - (?P<step>[\w: ]+): (?P<rows_in>[\d,]+) in, "
+                                   r"(?P<out>[\d,]+) out, (?P<rej>[\d,]+) rejected",
+                                   output)}
+    assert list(funnel)[:len(chain)] == chain, output
+    for before, after in itertools.pairwise(chain):
+        assert funnel[before][1] == funnel[after][0], f"rows lost between {before} and {after}"
+    for step in chain:
+        rows_in, rows_out, rejected = funnel[step]
+        assert rows_in == rows_out + rejected, step
