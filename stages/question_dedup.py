@@ -112,7 +112,8 @@ class QuestionDedupScore(QuestionStage[QuestionDedupScoreConfig]):
     ADDED: ClassVar[list[pa.Field]] = [
         pa.field("dedup_key", pa.string()), pa.field("minhash", pa.list_(pa.uint64())),
         pa.field("bench_ngram_overlap", pa.float32()), pa.field("bench_embed_sim", pa.float32()),
-        pa.field("bench_nearest", pa.string())]
+        pa.field("bench_ngram_nearest", pa.string()),
+        pa.field("bench_embed_nearest", pa.string())]
 
     def setup(self) -> None:
         cfg = self.config
@@ -129,20 +130,21 @@ class QuestionDedupScore(QuestionStage[QuestionDedupScoreConfig]):
         texts = ["" if e else q for q, e in zip(questions, empty, strict=True)]
         closest = [self.index.closest(t) for t in texts]
         sims: list[float | None] = [None] * n
-        nearest = [None if row is None else self.bench[row] for _, row in closest]
+        embed_nearest: list[str | None] = [None] * n
         if self.bench_vectors is not None and self.embedder is not None:
             vectors = self.embedder.embed(texts)
             scores = vectors @ self.bench_vectors.T
             best = scores.argmax(axis=1)
             for i in range(n):
                 sims[i] = float(scores[i, best[i]])
-                if nearest[i] is None or sims[i] > closest[i][0]:
-                    nearest[i] = self.bench[int(best[i])]
+                embed_nearest[i] = self.bench[int(best[i])]
         values = {"dedup_key": [exact_key(t) for t in texts],
                   "minhash": pa.array(list(self.hasher.signatures(texts)),
                                       pa.list_(pa.uint64())),
                   "bench_ngram_overlap": [c[0] for c in closest],
-                  "bench_embed_sim": sims, "bench_nearest": nearest}
+                  "bench_ngram_nearest": [None if row is None else self.bench[row]
+                                          for _, row in closest],
+                  "bench_embed_sim": sims, "bench_embed_nearest": embed_nearest}
         reasons = ["empty_question" if e else None for e in empty]
         details = ["nothing left after normalizing" if e else None for e in empty]
         return split_by_reasons(self.with_added(batch, values), reasons, details, self.name)
@@ -175,7 +177,9 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
     def check_input(self, schema: pa.Schema) -> None:
         require_columns(schema, self.name, {"id": STRING_TYPES,
                                             "bench_ngram_overlap": (pa.float32(),),
-                                            "bench_embed_sim": (pa.float32(),)})
+                                            "bench_embed_sim": (pa.float32(),),
+                                            "bench_ngram_nearest": STRING_TYPES,
+                                            "bench_embed_nearest": STRING_TYPES})
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return input_schema
@@ -184,10 +188,10 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
         cfg = self.config
         reasons: list[str | None] = []
         details: list[str | None] = []
-        for row_id, overlap, sim, near in zip(
-                batch.column("id").to_pylist(), batch.column("bench_ngram_overlap").to_pylist(),
-                batch.column("bench_embed_sim").to_pylist(),
-                batch.column("bench_nearest").to_pylist(), strict=True):
+        for row_id, overlap, sim, ngram_near, embed_near in zip(
+                *(batch.column(name).to_pylist() for name in (
+                    "id", "bench_ngram_overlap", "bench_embed_sim", "bench_ngram_nearest",
+                    "bench_embed_nearest")), strict=True):
             if row_id in self.drops:
                 reason, kept = self.drops[row_id]
                 reasons.append(reason)
@@ -195,11 +199,11 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
             elif cfg.max_bench_ngram_overlap is not None and overlap is not None \
                     and overlap > cfg.max_bench_ngram_overlap:
                 reasons.append("benchmark_ngram")
-                details.append(f"n-gram overlap {overlap:.2f} with: {(near or '')[:120]}")
+                details.append(f"n-gram overlap {overlap:.2f} with: {(ngram_near or '')[:120]}")
             elif cfg.max_bench_embed_sim is not None and sim is not None \
                     and sim > cfg.max_bench_embed_sim:
                 reasons.append("benchmark_embedding")
-                details.append(f"cosine {sim:.3f} with: {(near or '')[:120]}")
+                details.append(f"cosine {sim:.3f} with: {(embed_near or '')[:120]}")
             else:
                 reasons.append(None)
                 details.append(None)

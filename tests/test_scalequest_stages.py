@@ -294,6 +294,10 @@ def test_decontamination_catches_gsm8k_copies_and_paraphrases_not_unrelated_ques
     dropped = set(split.rejected.column("question").to_pylist())
     assert dropped == set(copies) | set(paraphrases)
     assert set(split.kept.column("question").to_pylist()) == set(champ) | set(fresh)
+    why = {r["question"]: r for r in split.rejected.to_pylist()}
+    for copy in copies:
+        assert why[copy]["reject_reason"] == "benchmark_ngram"
+        assert why[copy]["reject_detail"].endswith(f"with: {copy[:120]}"), "names its source"
     ngram_only = QuestionDedupSelect(QuestionDedupSelectConfig(max_bench_embed_sim=None))
     ngram_only.setup()
     assert ngram_only.process(scored).rejected.num_rows >= 25
