@@ -59,10 +59,14 @@ class AnswerSelect(QuestionStage[AnswerSelectConfig]):
         values: dict[str, list] = {f.name: [None] * n for f in self.ADDED}
         for i in range(n):
             texts, finals = responses[i] or [], answers[i] or []
+            if len(texts) != len(finals):
+                rejects[i] = "mismatched_responses", (f"{len(texts)} responses but "
+                                                      f"{len(finals)} answers")
+                continue
             vote = majority_vote(finals)
             values["votes"][i], values["answered"][i] = vote.votes, vote.answered
             values["tie"][i] = vote.tie
-            if vote.answer is None or len(texts) != len(finals):
+            if vote.answer is None:
                 rejects[i] = "no_answer", "no response has a final answer"
                 continue
             if self.scorer is not None:

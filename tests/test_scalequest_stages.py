@@ -333,19 +333,20 @@ def test_majority_vote_selection_on_real_gsm8k_solutions() -> None:
                       "responses": pa.array(responses, pa.list_(pa.string())),
                       "answers": pa.array(answers, pa.list_(pa.string()))})
     table = pa.concat_tables([table, pa.table({
-        "id": ["none"], "parent_id": ["s9"], "question": ["?"],
-        "responses": pa.array([[]], pa.list_(pa.string())),
-        "answers": pa.array([[]], pa.list_(pa.string()))})])
+        "id": ["none", "torn"], "parent_id": ["s9", "s10"], "question": ["?", "?"],
+        "responses": pa.array([[], ["a", "b"]], pa.list_(pa.string())),
+        "answers": pa.array([[], ["1"]], pa.list_(pa.string()))})])
     stage = AnswerSelect(AnswerSelectConfig())
     stage.setup()
     split = stage.process(table)
-    accounted(split, 7)
+    accounted(split, 8)
     kept = split.kept.to_pylist()
     assert [r["answer"] for r in kept] == [r["final_answer"].replace(",", "") for r in rows]
     assert all(r["response"] == src["answer"] for r, src in zip(kept, rows, strict=True))
     assert all(r["votes"] == 2 and r["selected_by"] == "majority_vote" for r in kept)
     assert [r["parent_id"] for r in kept] == [f"s{k}" for k in range(6)]
-    assert split.rejected.column("reject_reason").to_pylist() == ["no_answer"]
+    assert split.rejected.column("reject_reason").to_pylist() == ["no_answer",
+                                                                  "mismatched_responses"]
 
 
 def test_reward_model_path_must_exist(tmp_path: Path) -> None:
