@@ -297,10 +297,17 @@ class Datastore:
             return None
         if shard_id not in self._vectors:
             location = self.location.join(entry.vectors_file)
-            if location.is_local:
-                self._vectors[shard_id] = np.load(location.path, mmap_mode="r")
-            else:
-                self._vectors[shard_id] = np.load(io.BytesIO(read_bytes(location)))
+            try:
+                vectors = (np.load(location.path, mmap_mode="r") if location.is_local
+                           else np.load(io.BytesIO(read_bytes(location))))
+            except (OSError, ValueError) as err:
+                raise DatastoreError(f"shard {shard_id} vectors {location.uri()} cannot be "
+                                     f"read: {err}") from err
+            if vectors.shape != (entry.vectors, self.manifest.dim):
+                raise DatastoreError(f"shard {shard_id} vectors {location.uri()} have shape "
+                                     f"{vectors.shape}, the manifest says "
+                                     f"({entry.vectors}, {self.manifest.dim})")
+            self._vectors[shard_id] = vectors
         return self._vectors[shard_id]
 
     def load(self) -> Datastore:

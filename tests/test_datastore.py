@@ -317,6 +317,15 @@ def test_rerank_rescores_with_stored_vectors(tmp_path) -> None:
     np.testing.assert_allclose([h.score for h in hits], (vectors @ query[0])[exact], rtol=1e-2)
 
 
+def test_truncated_stored_vectors_are_a_clear_error_naming_the_file(tmp_path) -> None:
+    uri = str(tmp_path / "ds")
+    build_from_arrays(uri, IndexSpec(keep_vectors=True), random_shards(1, 20))
+    vectors_file = next((tmp_path / "ds").rglob("vectors.npy"))
+    vectors_file.write_bytes(vectors_file.read_bytes()[:-64])
+    with pytest.raises(DatastoreError, match=f"shard 0 vectors {re.escape(str(vectors_file))}"):
+        Datastore.open(uri).vectors(0)
+
+
 def real_passages() -> tuple[list[str], list[str]]:
     """Brown 100-word passages, OWT and Wikipedia passages; queries are held-out openings."""
     from gristmill.sources import resolve
