@@ -1,31 +1,72 @@
 """The HTTP API through a real uvicorn server on 127.0.0.1: queries, bad requests, auth,
-concurrent clients. The datastore holds real Brown paragraphs embedded with MiniLM."""
+concurrent clients sharing embedding calls. The datastore holds real Brown paragraphs
+embedded with MiniLM; the batcher's own tests use a stand-in embedder and need no model."""
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from gristmill.inference import Embedder, EmbedderConfig
+from gristmill.retrieval.embed_batcher import EmbedBatcher, EmbedFn
 from gristmill.retrieval.postprocess import SearchOptions
 from gristmill.retrieval.retriever import Retriever
-from gristmill.retrieval.server import ServerConfig, create_app
+from gristmill.retrieval.server import ServerConfig, serve_in_thread
 from gristmill.sources import resolve
 from gristmill.storage.datastore import IndexSpec, build_from_arrays
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PARAGRAPHS = 120
+SETTINGS = ServerConfig(port=0, token=TOKEN, max_batch=8, max_k=10, max_query_chars=500)
 
-pytestmark = pytest.mark.slow
+
+class Served(NamedTuple):
+    base: str
+    texts: list[str]
+    retriever: Retriever
+
+
+class StandIn:
+    """Text "2.5" embeds to [2.5]; a call holding "bad" fails; the first call can be held."""
+
+    def __init__(self, *, hold_first: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not hold_first:
+            self.gate.set()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.entered.set()
+        assert self.gate.wait(30), "the test never let the first call finish"
+        if "bad" in texts:
+            raise RuntimeError("model exploded")
+        return np.array([[float(t)] for t in texts], np.float32)
+
+
+class Recording:
+    """Wraps the real embedder: records each call and can be told to fail."""
+
+    def __init__(self, embed: EmbedFn) -> None:
+        self.inner = embed
+        self.calls: list[list[str]] = []
+        self.fail = False
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return self.inner(texts)
 
 
 def brown_paragraphs(limit: int) -> list[str]:
@@ -39,16 +80,8 @@ def brown_paragraphs(limit: int) -> list[str]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, list[str]]]:
-    import uvicorn
-
+def served(tmp_path_factory) -> Iterator[Served]:
     texts = brown_paragraphs(PARAGRAPHS)
     config = EmbedderConfig(max_seq_length=128)
     vectors = Embedder(config).embed(texts)
@@ -59,32 +92,22 @@ def served(tmp_path_factory) -> Iterator[tuple[str, list[str]]]:
                                          1: (vectors[half:], table.slice(half))},
                       embedder=config.model_dump(mode="json"))
     retriever = Retriever.open(uri)
-    port = free_port()
-    settings = ServerConfig(port=port, token=TOKEN, max_batch=8, max_k=10,
-                            max_query_chars=500)
-    server = uvicorn.Server(uvicorn.Config(create_app(retriever, settings), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", texts
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(retriever, SETTINGS) as base:
+        yield Served(base, texts, retriever)
     retriever.close()
 
 
+@pytest.mark.slow
 def test_health_reports_the_datastore(served) -> None:
-    base, texts = served
+    base, texts, _ = served
     body = httpx.get(f"{base}/health").json()
     assert body == {"status": "ok", "shards": 2, "vectors": len(texts), "index": "flat",
                     "dim": 384}
 
 
+@pytest.mark.slow
 def test_a_paragraph_finds_itself_first(served) -> None:
-    base, texts = served
+    base, texts, _ = served
     query = " ".join(texts[77].split()[:12])  # under 13 words: not decontaminated
     response = httpx.post(f"{base}/search", json={"queries": query, "k": 3}, headers=AUTH)
     assert response.status_code == 200
@@ -96,8 +119,9 @@ def test_a_paragraph_finds_itself_first(served) -> None:
     assert len(hits) == 3
 
 
+@pytest.mark.slow
 def test_batch_of_queries_and_options(served) -> None:
-    base, texts = served
+    base, texts, _ = served
     queries = [" ".join(texts[i].split()[:10]) for i in (3, 50, 90)]
     response = httpx.post(f"{base}/search", headers=AUTH, json={
         "queries": queries, "k": 5, "options": {"candidates": 20, "dedup": False}})
@@ -107,14 +131,16 @@ def test_batch_of_queries_and_options(served) -> None:
     assert all(len(r["hits"]) == 5 for r in results)
 
 
+@pytest.mark.slow
 def test_eval_texts_decontaminate(served) -> None:
-    base, texts = served
+    base, texts, _ = served
     query = " ".join(texts[10].split()[:12])
     response = httpx.post(f"{base}/search", headers=AUTH,
                           json={"queries": query, "k": 3, "eval_texts": [texts[10]]})
     assert "b10" not in [h["id"] for h in response.json()["results"][0]["hits"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({}, 422, "queries"),
     ({"queries": []}, 400, "queries is empty"),
@@ -131,30 +157,33 @@ def test_eval_texts_decontaminate(served) -> None:
     ({"queries": "q", "options": {"k": 2}}, 400, "top level"),
 ])
 def test_bad_requests_get_clear_4xx(served, body, status, message) -> None:
-    base, _ = served
+    base, _, _ = served
     response = httpx.post(f"{base}/search", json=body, headers=AUTH)
     assert response.status_code == status
     assert message in response.text
 
 
+@pytest.mark.slow
 def test_malformed_json_is_422(served) -> None:
-    base, _ = served
+    base, _, _ = served
     response = httpx.post(f"{base}/search", content=b"{not json",
                           headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 422
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
                                      {"Authorization": TOKEN}])
 def test_missing_or_wrong_token_is_401(served, headers) -> None:
-    base, _ = served
+    base, _, _ = served
     response = httpx.post(f"{base}/search", json={"queries": "q"}, headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.slow
 def test_concurrent_clients_get_the_same_answers_as_one(served) -> None:
-    base, texts = served
+    base, texts, _ = served
     queries = [" ".join(texts[i].split()[:10]) for i in range(0, PARAGRAPHS, 10)]
 
     def ask(query: str) -> list[str]:
@@ -167,6 +196,120 @@ def test_concurrent_clients_get_the_same_answers_as_one(served) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         together = list(pool.map(ask, queries * 3))
     assert together == alone * 3
+
+
+def post(base: str, query: str) -> httpx.Response:
+    return httpx.post(f"{base}/search", headers=AUTH, json={"queries": query, "k": 3},
+                      timeout=60)
+
+
+def hit_ids(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [h["id"] for h in response.json()["results"][0]["hits"]]
+
+
+def post_together(base: str, queries: list[str]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        return list(pool.map(lambda q: post(base, q), queries))
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_embedding_calls(served, monkeypatch) -> None:
+    shared_base, texts, retriever = served
+    queries = [" ".join(texts[i].split()[:10]) for i in range(0, 80, 10)]
+    alone = [hit_ids(post(shared_base, q)) for q in queries]
+    recording = Recording(retriever.embed)
+    monkeypatch.setattr(retriever, "embed", recording)
+    settings = SETTINGS.with_(batch_wait_ms=1000, max_embed_batch=len(queries))
+    with serve_in_thread(retriever, settings) as base:
+        together = [hit_ids(r) for r in post_together(base, queries)]
+    assert together == alone
+    assert len({ids[0] for ids in alone}) == len(queries)  # a mixed-up row would show
+    assert sorted(t for call in recording.calls for t in call) == sorted(queries)
+    assert len(recording.calls) < len(queries)
+
+
+@pytest.mark.slow
+def test_an_embedding_failure_is_a_500_for_every_waiting_request(served, monkeypatch) -> None:
+    _, texts, retriever = served
+    recording = Recording(retriever.embed)
+    monkeypatch.setattr(retriever, "embed", recording)
+    queries = [" ".join(texts[i].split()[:10]) for i in (5, 15, 25, 35)]
+    settings = SETTINGS.with_(batch_wait_ms=200, max_embed_batch=len(queries))
+    with serve_in_thread(retriever, settings) as base:
+        recording.fail = True
+        failed = post_together(base, queries)
+        recording.fail = False
+        after = post(base, queries[0])
+    assert [r.status_code for r in failed] == [500] * len(queries)
+    assert all("query embedding failed: RuntimeError: model exploded" in r.json()["detail"]
+               for r in failed)
+    assert after.status_code == 200
+    assert after.json()["results"][0]["hits"][0]["id"] == "b5"
+
+
+def rows(future: Future[np.ndarray]) -> list[float]:
+    return future.result(timeout=30)[:, 0].tolist()
+
+
+def test_batcher_gives_each_request_its_own_rows_from_one_call() -> None:
+    embed = StandIn(hold_first=True)
+    with EmbedBatcher(embed, max_texts=64, wait_s=0) as batcher:
+        first = batcher.submit(["0"])
+        assert embed.entered.wait(30)
+        queued = [batcher.submit([str(n), str(n + 0.5)]) for n in range(1, 6)]
+        embed.gate.set()
+        assert rows(first) == [0.0]
+        assert [rows(f) for f in queued] == [[n, n + 0.5] for n in range(1, 6)]
+    assert len(embed.calls) == 2
+    assert embed.calls[1] == [t for n in range(1, 6) for t in (str(n), str(n + 0.5))]
+
+
+def test_batcher_caps_a_call_but_never_splits_a_request() -> None:
+    embed = StandIn(hold_first=True)
+    with EmbedBatcher(embed, max_texts=3, wait_s=0) as batcher:
+        futures = [batcher.submit(["1"])]
+        assert embed.entered.wait(30)
+        futures += [batcher.submit(t) for t in (["2", "3"], ["4", "5"], ["6", "7", "8", "9"])]
+        embed.gate.set()
+        assert [len(rows(f)) for f in futures] == [1, 2, 2, 4]
+    assert embed.calls == [["1"], ["2", "3"], ["4", "5"], ["6", "7", "8", "9"]]
+
+
+def test_a_failed_call_fails_every_request_in_it_and_the_next_call_works() -> None:
+    embed = StandIn(hold_first=True)
+    with EmbedBatcher(embed, wait_s=0) as batcher:
+        first = batcher.submit(["1"])
+        assert embed.entered.wait(30)
+        doomed = [batcher.submit(["2"]), batcher.submit(["bad"]), batcher.submit(["3", "4"])]
+        embed.gate.set()
+        assert rows(first) == [1.0]
+        for future in doomed:
+            with pytest.raises(RuntimeError, match="model exploded"):
+                future.result(timeout=30)
+        assert rows(batcher.submit(["5"])) == [5.0]
+
+
+def test_a_short_answer_from_the_embedder_is_an_error_not_wrong_rows() -> None:
+    with (EmbedBatcher(lambda texts: np.zeros((1, 4), np.float32)) as batcher,
+          pytest.raises(ValueError, match="1 rows for 2 texts")):
+        batcher.submit(["a", "b"]).result(timeout=30)
+
+
+def test_closing_embeds_what_is_queued_then_refuses_more() -> None:
+    embed = StandIn(hold_first=True)
+    batcher = EmbedBatcher(embed, wait_s=0)
+    first = batcher.submit(["1"])
+    assert embed.entered.wait(30)
+    queued = batcher.submit(["2"])
+    closing = threading.Thread(target=batcher.close)
+    closing.start()
+    embed.gate.set()
+    closing.join(timeout=30)
+    assert not closing.is_alive()
+    assert (rows(first), rows(queued)) == ([1.0], [2.0])
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(["3"])
 
 
 def test_an_exposed_server_needs_a_real_token() -> None:

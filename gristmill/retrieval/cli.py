@@ -94,6 +94,10 @@ def serve(
     backend: Annotated[Backend, typer.Option(help="Shards on threads, or on Ray actors")] =
         "threads",
     workers: Annotated[int | None, typer.Option(help="Threads or Ray actors")] = None,
+    batch_wait_ms: Annotated[float, typer.Option(
+        help="How long a request waits for others to share one query-embedding call")] = 2.0,
+    max_embed_batch: Annotated[int, typer.Option(
+        help="Most query texts per shared embedding call")] = 64,
 ) -> None:
     """Serve POST /search and GET /health with uvicorn."""
     from gristmill.retrieval.retriever import Retriever
@@ -101,7 +105,8 @@ def serve(
     from gristmill.retrieval.server import serve as run_server
 
     try:
-        settings = ServerConfig(host=host, port=port, token=token)
+        settings = ServerConfig(host=host, port=port, token=token, batch_wait_ms=batch_wait_ms,
+                                max_embed_batch=max_embed_batch)
         retriever = Retriever.open(datastore, backend=backend, workers=workers)
     except (DatastoreError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err}")

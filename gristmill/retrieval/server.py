@@ -2,21 +2,29 @@
 
 Requests are validated before any work (422 with the failing field for a malformed body,
 400 for limits, 401 for a missing or wrong bearer token), so a bad client never reaches the
-index. The server binds to loopback unless told otherwise. Searches run in FastAPI's thread
-pool; FAISS releases the GIL, so concurrent requests overlap on shard search.
+index. The server binds to loopback unless told otherwise. Concurrent requests share query
+embedding through an `EmbedBatcher` (one model call for the texts that arrive together); each
+request then searches in FastAPI's thread pool with its own options, and FAISS releases the
+GIL, so concurrent requests overlap on shard search.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Self
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+import numpy as np
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gristmill.config import FrozenModel
+from gristmill.retrieval.embed_batcher import EmbedBatcher
 from gristmill.retrieval.postprocess import Hit, SearchOptions
 from gristmill.retrieval.retriever import Retriever
 
@@ -36,6 +44,13 @@ class ServerConfig(FrozenModel):
     max_candidates: int = Field(default=1000, ge=1, description="Largest K a request may ask")
     max_eval_texts: int = Field(default=64, ge=0)
     max_eval_chars: int = Field(default=20_000, ge=1, description="Characters per eval text")
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000,
+        description="How long a request's queries wait for other requests to share one "
+                    "embedding call; queries queued behind a busy model join without waiting")
+    max_embed_batch: int = Field(
+        default=64, ge=1, description="Most query texts per shared embedding call (one "
+                                      "request's queries are never split)")
 
     @model_validator(mode="after")
     def _exposed_only_with_a_token(self) -> Self:
@@ -98,9 +113,28 @@ def _limits(request: SearchRequest, config: ServerConfig) -> tuple[list[str], Se
     return queries, options.with_(candidates=max(options.candidates, options.k))
 
 
+async def _embed(batcher: EmbedBatcher, queries: list[str]) -> np.ndarray:
+    """This request's query vectors from a shared call; a failed call is this request's 500."""
+    try:
+        return await asyncio.wrap_future(batcher.submit(queries))
+    except Exception as err:
+        raise HTTPException(500, f"query embedding failed: {type(err).__name__}: {err}") from err
+
+
 def create_app(retriever: Retriever, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
-    app = FastAPI(title="gristmill datastore", version="1")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = EmbedBatcher(retriever.embed, max_texts=config.max_embed_batch,
+                               wait_s=config.batch_wait_ms / 1000)
+        app.state.batcher = batcher
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="gristmill datastore", version="1", lifespan=lifespan)
 
     def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
         if config.token is None:
@@ -119,10 +153,12 @@ def create_app(retriever: Retriever, config: ServerConfig | None = None) -> Fast
                 "dim": manifest.dim}
 
     @app.post("/search", dependencies=[Depends(authorize)])
-    async def search(request: SearchRequest) -> SearchResponse:
+    async def search(request: SearchRequest, http: Request) -> SearchResponse:
         queries, options = _limits(request, config)
         started = time.perf_counter()
-        hits = await run_in_threadpool(retriever.search, queries, options, request.eval_texts)
+        vectors = await _embed(http.app.state.batcher, queries)
+        hits = await run_in_threadpool(retriever.search_vectors, vectors, options,
+                                       request.eval_texts, queries)
         return SearchResponse(
             results=[QueryResult(query=q, hits=h) for q, h in zip(queries, hits, strict=True)],
             seconds=time.perf_counter() - started)
@@ -136,3 +172,33 @@ def serve(retriever: Retriever, config: ServerConfig) -> None:
 
     uvicorn.run(create_app(retriever, config), host=config.host, port=config.port,
                 log_level="warning")
+
+
+@contextmanager
+def serve_in_thread(retriever: Retriever, config: ServerConfig | None = None,
+                    *, start_timeout: float = 30.0) -> Iterator[str]:
+    """Run the API on a background thread (a notebook, a test) and yield its base URL.
+
+    Port 0 in the config (the default here) takes a free port from the OS, so callers never
+    race for one; the server stops and the batcher shuts down when the block exits.
+    """
+    import uvicorn
+
+    config = config or ServerConfig(port=0)
+    server = uvicorn.Server(uvicorn.Config(create_app(retriever, config), host=config.host,
+                                           port=config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="gristmill-datastore-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the datastore API did not start on {config.host}:{config.port}")
+        time.sleep(0.02)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        yield f"http://{netloc}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout)
