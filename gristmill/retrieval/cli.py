@@ -101,7 +101,7 @@ def serve(
 ) -> None:
     """Serve POST /search and GET /health with uvicorn."""
     from gristmill.retrieval.retriever import Retriever
-    from gristmill.retrieval.server import ServerConfig
+    from gristmill.retrieval.server import ServerConfig, base_url
     from gristmill.retrieval.server import serve as run_server
 
     try:
@@ -112,5 +112,5 @@ def serve(
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(1) from None
     console.print(f"serving {datastore} ({retriever.store.manifest.total_vectors:,} vectors) "
-                  f"on http://{host}:{port}")
+                  f"on {base_url(host, port)}")
     run_server(retriever, settings)

@@ -166,6 +166,11 @@ def create_app(retriever: Retriever, config: ServerConfig | None = None) -> Fast
     return app
 
 
+def base_url(host: str, port: int) -> str:
+    """http://host:port, with an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def serve(retriever: Retriever, config: ServerConfig) -> None:
     """Run uvicorn in this process until interrupted."""
     import uvicorn
@@ -196,9 +201,8 @@ def serve_in_thread(retriever: Retriever, config: ServerConfig | None = None,
             raise RuntimeError(f"the datastore API did not start on {config.host}:{config.port}")
         time.sleep(0.02)
     host, port = server.servers[0].sockets[0].getsockname()[:2]
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        yield f"http://{netloc}"
+        yield base_url(host, port)
     finally:
         server.should_exit = True
         thread.join(timeout=start_timeout)
