@@ -42,8 +42,8 @@ from gristmill.storage.fs import resolve, write_bytes_atomic
 class PruneParams(FrozenModel):
     input: str = Field(default=".gristmill/ingest", description="A dataset with id and text")
     output: str = Field(default=".gristmill/prune",
-                        description="Folder for embedded/, centroids/, scored/, decisions/, "
-                                    "selected/")
+                        description="Folder for embedded/, centroids/, scored/, decisions/ "
+                                    "(+ decisions.summary.json), selected/")
     config: PruneConfig = PruneConfig()
     plots: str | None = Field(default=None, description="Also save the PNG plots here")
     runtime: RuntimeConfig = RuntimeConfig()

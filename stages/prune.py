@@ -47,7 +47,7 @@ from gristmill.stages.base import (
 from gristmill.stages.code_version import code_version
 from gristmill.stages.dedup import DedupConfig, Duplicate, duplicate_decisions
 from gristmill.stages.embed import EmbedConfig, vector_array, vectors_of
-from gristmill.storage.fs import Location, resolve, write_bytes_atomic
+from gristmill.storage.fs import Location, read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.manifest import (
     InputRef,
     Lineage,
@@ -425,8 +425,17 @@ def build_decisions(scored_uri: str, config: PruneConfig, output: str,
     options = {} if storage is None else {"checksum": storage.checksum}
     write_table(output, table, overwrite=True,
                 lineage=_lineage("prune_decisions", config, inputs, key, started), **options)
-    write_bytes_atomic(_summary_file(output), summary.model_dump_json().encode())
+    saved = SavedSummary(cache_key=key, summary=summary)
+    write_bytes_atomic(_summary_file(output), saved.model_dump_json().encode())
     return DatasetRef.of(output), summary
+
+
+class SavedSummary(BaseModel):
+    """The summary file's content: tagged with the decisions' key, so a summary left by an
+    earlier run (killed before it wrote its own) is never taken for this one's."""
+
+    cache_key: str
+    summary: DecisionSummary
 
 
 def _summary_file(decisions_uri: str) -> Location:
@@ -436,14 +445,14 @@ def _summary_file(decisions_uri: str) -> Location:
 
 
 def _reusable_decisions(output: str, key: str) -> tuple[DatasetRef, DecisionSummary] | None:
-    """The committed decisions under `key` and their summary; None when either is missing
-    (a run killed between the two writes recomputes)."""
+    """The committed decisions under `key` and the summary saved for that key; None when
+    either is missing or the summary belongs to another run (then it is recomputed)."""
     ref = _reusable(output, key)
     summary_file = _summary_file(output)
     if ref is None or not summary_file.exists():
         return None
     try:
-        with summary_file.fs.open_input_stream(summary_file.path) as stream:
-            return ref, DecisionSummary.model_validate_json(stream.read())
+        saved = SavedSummary.model_validate_json(read_bytes(summary_file))
     except ValueError:
         return None
+    return (ref, saved.summary) if saved.cache_key == key else None

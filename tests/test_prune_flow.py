@@ -27,9 +27,12 @@ from gristmill.stages.prune import (
     DatasetRef,
     PrototypeConfig,
     PruneConfig,
+    PruneScore,
+    PruneScoreConfig,
     PruneSelect,
     PruneSelectConfig,
     build_centroids,
+    build_decisions,
 )
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
@@ -160,3 +163,37 @@ def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(
     monkeypatch.setattr("gristmill.stages.prune.duplicate_decisions", no_recompute)
     again = prune_flow(params)
     assert again[-1].cache_key == selected.cache_key
+
+
+def test_a_summary_left_by_another_run_is_not_reused(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run B rewrites the decisions, then dies before its summary: the rerun of B must not
+    report run A's summary beside B's decisions."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    write_table(str(tmp_path / "emb"), pa.table({
+        "id": [f"r{i}" for i in range(12)],
+        "text": [f"document number {i} about topic {i % 3} with some words" for i in range(12)],
+        "embedding": vector_array(vectors)}))
+    config_a = PruneConfig(clustering=ClusteringConfig(clusters=2))
+    centroids = build_centroids(str(tmp_path / "emb"), config_a, str(tmp_path / "cent"))
+    scorer = PruneScore(PruneScoreConfig(centroids=centroids))
+    scorer.setup()
+    write_table(str(tmp_path / "scored"),
+                scorer.process(Dataset.open(str(tmp_path / "emb")).to_table()).kept)
+    scored, decisions = str(tmp_path / "scored"), str(tmp_path / "dec")
+    build_decisions(scored, config_a, decisions)
+    config_b = config_a.with_(prototypes=PrototypeConfig(keep_fraction=0.5))
+
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt("killed between the decisions and the summary")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("gristmill.stages.prune.write_bytes_atomic", killed)
+        with pytest.raises(KeyboardInterrupt):
+            build_decisions(scored, config_b, decisions)
+    ref, summary = build_decisions(scored, config_b, decisions)
+    on_disk = ref.open().to_table().column("reason").to_pylist()
+    assert summary.keep_fraction == 0.5
+    assert summary.reasons == {r: on_disk.count(r) for r in set(on_disk)}
