@@ -338,6 +338,14 @@ def passage_ids(shard_id: int, passages: pa.Table) -> pa.Array:
     return ids
 
 
+def concat_ids(parts: Sequence[pa.Array]) -> pa.Array:
+    """One array of ids from many, cast to the first one's type (string vs large_string)."""
+    if not parts:
+        return pa.array([], pa.string())
+    first = parts[0].type
+    return pa.concat_arrays([p if p.type == first else p.cast(first) for p in parts])
+
+
 def repeated_ids(ids: pa.Array) -> list[Any]:
     counts = pc.value_counts(ids)
     return counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
@@ -392,9 +400,9 @@ class DatastoreBuilder:
     """Create a datastore (train once) or extend a committed one; commit writes the manifest.
 
     Typical use: `builder = DatastoreBuilder.create(uri, spec, dim)`, `builder.train(sample)`,
-    `builder.add_shards(...)` (or `write_shard(uri, s, builder.trained, ...)` for each shard,
-    on other processes), then `builder.commit(entries)`. `DatastoreBuilder.extend(uri)`
-    reuses the stored training.
+    `builder.add_shards(...)` (or, on other processes, `write_shard(uri, s, builder.trained,
+    ...)` for each shard after `builder.check_new_ids(...)` on all their passage ids), then
+    `builder.commit(entries)`. `DatastoreBuilder.extend(uri)` reuses the stored training.
     """
 
     def __init__(self, location: Location, manifest: DatastoreManifest, trained: bytes) -> None:
@@ -486,8 +494,11 @@ class DatastoreBuilder:
             raise
 
     def check_new_ids(self, ids: pa.Array) -> None:
-        """Refuse passage ids repeated in `ids` or held by a committed shard: the build path
-        checks all its new inputs with this before it writes anything."""
+        """Refuse null passage ids, ids repeated in `ids`, or ids a committed shard holds:
+        callers that write shards with `write_shard` check all their new passages with this
+        first, since `commit` checks only shard ids."""
+        if ids.null_count:
+            raise DatastoreError(f"{ids.null_count} new passages have a null id")
         if repeated := repeated_ids(ids):
             raise DatastoreError(f"passage ids repeated among the new inputs: {listing(repeated)}")
         self._check_committed(ids)
@@ -495,8 +506,7 @@ class DatastoreBuilder:
     def _reserve(self, ids: dict[int, pa.Array]) -> pa.Array:
         """Claim the shard ids for this builder once they and their passage ids are free;
         returns every new passage id."""
-        first = next(iter(ids.values())).type
-        new = pa.concat_arrays([a if a.type == first else a.cast(first) for a in ids.values()])
+        new = concat_ids(list(ids.values()))
         if repeated := repeated_ids(new):
             raise DatastoreError(f"passage ids repeated among the new shards: {listing(repeated)}")
         with self._lock:
@@ -572,6 +582,9 @@ def build_from_arrays(uri: str | Location, spec: IndexSpec,
     else:
         dim = next(iter(shards.values()))[0].shape[1]
         builder = DatastoreBuilder.create(location, spec, dim, embedder=embedder)
+    for shard_id, (vectors, passages) in shards.items():
+        check_shard(shard_id, vectors, passages, builder.manifest.dim)
+    builder.check_new_ids(concat_ids([passage_ids(s, p) for s, (_, p) in shards.items()]))
     if builder.needs_training:
         if sample is None:
             everything = np.concatenate([v for v, _ in shards.values()])

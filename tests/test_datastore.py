@@ -182,7 +182,23 @@ def test_building_from_inputs_that_share_passage_ids_is_refused_before_any_write
         build_datastore_from(uri, [str(tmp_path / "v2")], IndexSpec(), embedder={})
     with pytest.raises(DatastoreError, match="repeated among the new inputs: 'e'"):
         build_datastore_from(uri, [str(tmp_path / "twice")], IndexSpec(), embedder={})
+    write_table(str(tmp_path / "null"), embedded_table(["f", "g"]).set_column(
+        0, "id", pa.array(["f", None])))
+    with pytest.raises(DatastoreError, match="1 new passages have a null id"):
+        build_datastore_from(uri, [str(tmp_path / "null")], IndexSpec(), embedder={})
+    write_table(str(tmp_path / "no_id"), embedded_table(["h"]).drop_columns(["id"]))
+    with pytest.raises(DatastoreError, match="has no 'id' column"):
+        build_datastore_from(uri, [str(tmp_path / "no_id")], IndexSpec(), embedder={})
     assert tree_digest(tmp_path / "ds") == before
+
+
+def test_a_new_ivfpq_datastore_with_clashing_ids_leaves_no_trained_file(tmp_path) -> None:
+    shards = random_shards(2, 300)
+    shards[1] = (shards[1][0], passages([f"p0-{i}" for i in range(300)]))
+    with pytest.raises(DatastoreError, match="repeated among the new inputs"):
+        build_from_arrays(str(tmp_path / "ds"), IndexSpec(kind="ivfpq", nlist=4, pq_m=4),
+                          shards)
+    assert not (tmp_path / "ds").exists()
 
 
 def test_an_ivfpq_datastore_from_no_passages_says_there_is_nothing_to_train_on(

@@ -33,6 +33,7 @@ from gristmill.storage.datastore import (
     DatastoreError,
     DatastoreManifest,
     IndexSpec,
+    concat_ids,
     write_shard,
 )
 from gristmill.storage.fs import Location, remove_tree, resolve
@@ -96,12 +97,11 @@ def draw_sample(datasets: Sequence[Dataset], vector_column: str, size: int,
 
 def new_passage_ids(datasets: Sequence[Dataset]) -> pa.Array:
     """Every passage id of the inputs (the id column only, one shard at a time)."""
-    parts = [d.read_shard(i, columns=[ID]).column(ID).combine_chunks()
-             for d in datasets for i in range(len(d.shards))]
-    if not parts:
-        return pa.array([], pa.string())
-    return pa.concat_arrays([p if p.type == parts[0].type else p.cast(parts[0].type)
-                             for p in parts])
+    for dataset in datasets:
+        if ID not in dataset.schema.names:
+            raise DatastoreError(f"input {dataset.uri} has no {ID!r} column: passages need ids")
+    return concat_ids([d.read_shard(i, columns=[ID]).column(ID).combine_chunks()
+                       for d in datasets for i in range(len(d.shards))])
 
 
 def partition_unit(dataset_uri: str, index: int, tag: str, staging: str,
