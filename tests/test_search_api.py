@@ -35,8 +35,13 @@ class Served(NamedTuple):
     retriever: Retriever
 
 
+class Fatal(BaseException):
+    """Not an Exception: what would kill the batcher's thread (as SystemExit would)."""
+
+
 class StandIn:
-    """Text "2.5" embeds to [2.5]; a call holding "bad" fails; the first call can be held."""
+    """Text "2.5" embeds to [2.5]; a call holding "bad" fails, one holding "fatal" raises
+    Fatal; the first call can be held."""
 
     def __init__(self, *, hold_first: bool = False) -> None:
         self.calls: list[list[str]] = []
@@ -51,6 +56,8 @@ class StandIn:
         assert self.gate.wait(30), "the test never let the first call finish"
         if "bad" in texts:
             raise RuntimeError("model exploded")
+        if "fatal" in texts:
+            raise Fatal("thread killed")
         return np.array([[float(t)] for t in texts], np.float32)
 
 
@@ -310,6 +317,25 @@ def test_closing_embeds_what_is_queued_then_refuses_more() -> None:
     assert (rows(first), rows(queued)) == ([1.0], [2.0])
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(["3"])
+
+
+def test_if_the_batcher_thread_dies_no_request_is_left_waiting(monkeypatch) -> None:
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: died.append(hook.exc_value))
+    embed = StandIn(hold_first=True)
+    batcher = EmbedBatcher(embed, wait_s=0, max_texts=1)
+    first = batcher.submit(["fatal"])
+    assert embed.entered.wait(30)
+    queued = batcher.submit(["2"])
+    embed.gate.set()
+    with pytest.raises(Fatal):
+        first.result(timeout=30)
+    with pytest.raises(RuntimeError, match="stopped"):
+        queued.result(timeout=30)
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(["3"])
+    batcher.close()
+    assert [type(e) for e in died] == [Fatal]
 
 
 def test_an_exposed_server_needs_a_real_token() -> None:

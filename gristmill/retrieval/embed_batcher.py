@@ -4,7 +4,8 @@ One model embeds one batch at a time, so under many clients each request used to
 every request ahead of it, each embedded alone. The batcher gathers the texts of requests
 that arrive within a short window (or until a size cap), embeds them in one call on its own
 thread, and gives each request back its own rows. A failed call fails every request in it;
-the thread carries on with the next batch.
+the thread carries on with the next batch (and should it ever stop, queued and later
+requests fail at once rather than wait).
 """
 
 from __future__ import annotations
@@ -74,10 +75,31 @@ class EmbedBatcher:
         self.close()
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            jobs, stop = self._collect()
-            self._embed([job for job in jobs if job.future.set_running_or_notify_cancel()])
+        try:
+            stop = False
+            while not stop:
+                jobs, stop = self._collect()
+                self._embed([job for job in jobs if job.future.set_running_or_notify_cancel()])
+        finally:
+            self._fail_waiting(RuntimeError("the embed batcher stopped"))
+
+    def _fail_waiting(self, err: BaseException) -> None:
+        """However the thread ends, refuse new texts and fail every queued request, so no
+        request waits on a thread that is gone."""
+        with self._lock:
+            self._closed = True
+        pending = [self._held] if self._held is not None else []
+        self._held = None
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                pending.append(job)
+        for job in pending:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(err)
 
     def _collect(self) -> tuple[list[_Job], bool]:
         """The jobs for the next call, and whether close() was asked (nothing comes after)."""
@@ -109,9 +131,11 @@ class EmbedBatcher:
             vectors = np.asarray(self.embed(texts))
             if len(vectors) != len(texts):
                 raise ValueError(f"embedder returned {len(vectors)} rows for {len(texts)} texts")
-        except Exception as err:  # every waiting request must hear of it, not hang
+        except BaseException as err:  # every waiting request must hear of it, not hang
             for job in jobs:
                 job.future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
             return
         start = 0
         for job in jobs:
