@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from common import load_average, write_json
 from rich.console import Console
 from rich.table import Table
 
+from gristmill.net import free_port
 from gristmill.sources import resolve
 from gristmill.storage.datastore import IndexSpec, build_from_arrays
 
@@ -73,12 +73,6 @@ def sentences(count: int) -> list[str]:
             if len(out) == count:
                 return out
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(uri: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:

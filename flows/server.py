@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from gristmill.net import base_url, free_port
+
 STARTUP_SECONDS = 120.0
 STOP_SECONDS = 20.0
 PR_SET_PDEATHSIG = 1
@@ -28,18 +29,6 @@ PR_SET_PDEATHSIG = 1
 
 class PrefectServerError(RuntimeError):
     """The local Prefect server did not come up (its log tail says why)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def url_host(host: str) -> str:
-    """An IPv6 address goes in brackets in a URL (`http://[::1]:4200`)."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
@@ -92,7 +81,7 @@ def local_prefect_server(home: str | Path = ".gristmill/prefect", host: str = "1
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
-    api_url = f"http://{url_host(host)}:{port}/api"
+    api_url = f"{base_url(host, port)}/api"
     if api_is_up(api_url):
         raise PrefectServerError(f"something already answers on {host}:{port}; "
                                  "pick another --port or set PREFECT_API_URL to use it")

@@ -4,7 +4,8 @@ With `reward_model` set, a sequence-classification model scores every (question,
 and the best one wins. Without it, majority vote over normalized final answers: the winner
 is the most common answer (a tie goes to the answer given first and is flagged), and the
 selected response is the first that gave it. A row whose responses carry no answer is
-rejected (`no_answer`). Output keeps `parent_id`, so each pair traces to its seed request.
+rejected (`no_answer`), one whose responses and answers differ in number
+(`mismatched_responses`). Output keeps `parent_id`, so each pair traces to its seed request.
 """
 
 from __future__ import annotations

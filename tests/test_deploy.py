@@ -23,7 +23,7 @@ import yaml
 
 from gristmill.flows.deploy import ServeSpec, build_deployments, load_serve_spec
 from gristmill.flows.registry import FLOWS
-from gristmill.flows.server import free_port, url_host
+from gristmill.net import free_port
 from gristmill.sources import resolve
 from gristmill.storage.reader import Dataset
 
@@ -48,9 +48,16 @@ def test_a_schedule_needs_exactly_one_kind_and_a_known_flow() -> None:
         ServeSpec.model_validate({"deployments": {"nope": {}}})
 
 
-def test_an_ipv6_server_address_is_bracketed_in_its_url() -> None:
-    assert url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]"
-    assert url_host("127.0.0.1") == "127.0.0.1" and url_host("localhost") == "localhost"
+def _without_prefect_settings(root: Path, profiles: Path | None = None) -> dict[str, str]:
+    """This environment minus every Prefect setting, and a profiles file of our own (empty
+    unless given), so a developer's `prefect config set PREFECT_API_URL=...` cannot send the
+    test's deployments to their server."""
+    if profiles is None:
+        profiles = root / "profiles.toml"
+        profiles.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_PROFILES_PATH"] = str(profiles)
+    return env
 
 
 def test_serve_uses_the_api_url_of_the_active_prefect_profile(tmp_path: Path) -> None:
@@ -60,8 +67,7 @@ def test_serve_uses_the_api_url_of_the_active_prefect_profile(tmp_path: Path) ->
     profiles = tmp_path / "profiles.toml"
     profiles.write_text('active = "remote"\n[profiles.remote]\n'
                         'PREFECT_API_URL = "http://prefect.example:4200/api"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_PROFILES_PATH"] = str(profiles)
+    env = _without_prefect_settings(tmp_path, profiles)
     code = ("from gristmill.flows.server import prefect_api\n"
             "with prefect_api(home='unused') as url: print(url)")
     found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -139,7 +145,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "ingest": {"overrides": base, "schedules": [
             {"interval_seconds": 10, "overrides": base, "slug": "every-10s"}]}}}))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = _without_prefect_settings(root)
     env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "2"
     log = root / "serve.log"
     with log.open("wb") as sink:
@@ -255,11 +261,16 @@ def test_the_ui_form_starts_a_run_with_edited_values(served: Served, tmp_path: P
 
 @pytest.mark.slow
 def test_ctrl_c_mid_run_stops_the_run_the_runner_then_the_server(served: Served) -> None:
-    """The server's own SQLite file is read at the end: the server is gone by then."""
+    """The run ingests 170 MB (tens of seconds), so Ctrl-C surely lands while it runs. The
+    server's own SQLite file is read at the end: the server is gone by then."""
     ingest = served.deployments()["ingest"]
     served.stop_schedules(ingest["id"])
+    big = served.root / "big.jsonl"
+    with big.open("wb") as sink:
+        for _ in range(5):
+            sink.write(resolve("spam_assassin").files[0].read_bytes())
     params = json.loads(json.dumps(ingest["parameters"]))
-    params["params"]["output"] = str(served.root / "interrupted")
+    params["params"].update(sources=[str(big)], output=str(served.root / "interrupted"))
     run = served.post(f"/deployments/{ingest['id']}/create_flow_run", {"parameters": params})
     _wait(lambda: served.http.get(f"/flow_runs/{run['id']}").json()["state"]["type"]
           == "RUNNING", 240, "the run to start")

@@ -19,7 +19,7 @@ from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.retrieval.embed_batcher import EmbedBatcher, EmbedFn
 from gristmill.retrieval.postprocess import SearchOptions
 from gristmill.retrieval.retriever import Retriever
-from gristmill.retrieval.server import ServerConfig, base_url, serve_in_thread
+from gristmill.retrieval.server import ServerConfig, serve_in_thread
 from gristmill.sources import resolve
 from gristmill.storage.datastore import IndexSpec, build_from_arrays
 
@@ -349,8 +349,3 @@ def test_an_exposed_server_needs_a_real_token() -> None:
 def test_request_options_are_bounded() -> None:
     with pytest.raises(ValueError, match="minhash_perms"):
         SearchOptions(minhash_perms=10**9)
-
-
-def test_the_printed_url_brackets_an_ipv6_host() -> None:
-    assert base_url("::1", 8765) == "http://[::1]:8765"
-    assert base_url("127.0.0.1", 8765) == "http://127.0.0.1:8765"

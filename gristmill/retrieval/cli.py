@@ -100,8 +100,9 @@ def serve(
         help="Most query texts per shared embedding call")] = 64,
 ) -> None:
     """Serve POST /search and GET /health with uvicorn."""
+    from gristmill.net import base_url
     from gristmill.retrieval.retriever import Retriever
-    from gristmill.retrieval.server import ServerConfig, base_url
+    from gristmill.retrieval.server import ServerConfig
     from gristmill.retrieval.server import serve as run_server
 
     try:

@@ -117,8 +117,8 @@ class ThreadSearcher:
 class ShardGroupActor:
     """A Ray actor holding some shards' indexes in its memory (one per node at scale)."""
 
-    def __init__(self, uri: str, shard_ids: list[int], nprobe: int) -> None:
-        self.store = Datastore.open(uri)
+    def __init__(self, uri: str, shard_ids: list[int], nprobe: int, verify: bool) -> None:
+        self.store = Datastore.open(uri, verify=verify)
         self.shard_ids = shard_ids
         for shard_id in shard_ids:
             set_nprobe(self.store.index(shard_id), nprobe)
@@ -139,7 +139,8 @@ class RaySearcher:
         ids = store.shard_ids
         count = min(max(actors, 1), len(ids))
         groups = [ids[i::count] for i in range(count)]
-        self.actors = [remote.remote(store.uri, g, store.manifest.index.nprobe) for g in groups]
+        self.actors = [remote.remote(store.uri, g, store.manifest.index.nprobe, store.verify)
+                       for g in groups]
 
     def search(self, queries: np.ndarray, k: int,
                nprobe: int | None) -> list[tuple[int, np.ndarray, np.ndarray]]:

@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gristmill.config import FrozenModel
+from gristmill.net import base_url
 from gristmill.retrieval.embed_batcher import EmbedBatcher
 from gristmill.retrieval.postprocess import Hit, SearchOptions
 from gristmill.retrieval.retriever import Retriever
@@ -164,11 +165,6 @@ def create_app(retriever: Retriever, config: ServerConfig | None = None) -> Fast
             seconds=time.perf_counter() - started)
 
     return app
-
-
-def base_url(host: str, port: int) -> str:
-    """http://host:port, with an IPv6 address in brackets."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serve(retriever: Retriever, config: ServerConfig) -> None:
