@@ -94,15 +94,20 @@ class Served:
         self.process, self.api, self.log = process, api, log
         self.http = httpx.Client(base_url=api, timeout=30)
 
-    def post(self, path: str, body: dict | None = None) -> Any:
-        """POST, retrying 503s as Prefect's own client does (SQLite busy under load)."""
+    def send(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        """One API call, retrying 503s as Prefect's own client does (SQLite busy under
+        load); deleting what is already gone is fine."""
         for attempt in range(6):
-            response = self.http.post(path, json=body or {})
+            response = self.http.request(method, path, json=body)
             if response.status_code != 503:
                 break
             time.sleep(2 ** attempt)
-        response.raise_for_status()
-        return response.json()
+        if not (method == "DELETE" and response.status_code == 404):
+            response.raise_for_status()
+        return response
+
+    def post(self, path: str, body: dict | None = None) -> Any:
+        return self.send("POST", path, body or {}).json()
 
     def deployments(self) -> dict[str, dict]:
         return {d["name"]: d for d in self.post("/deployments/filter")}
@@ -120,14 +125,14 @@ class Served:
         """Pause the deployment and drop the runs its schedule already queued, so the next
         test's run does not wait behind a backlog of late 10-second runs on a busy machine
         (pausing removes only future runs)."""
-        self.http.patch(f"/deployments/{deployment_id}", json={"paused": True}).raise_for_status()
+        self.send("PATCH", f"/deployments/{deployment_id}", {"paused": True})
         for run in self.runs(deployment_id):
             if run["auto_scheduled"] and run["state"]["type"] == "SCHEDULED":
-                self.http.delete(f"/flow_runs/{run['id']}")
+                self.send("DELETE", f"/flow_runs/{run['id']}")
 
     def finished(self, run_id: str, seconds: float = 240) -> dict:
         def state() -> dict | None:
-            run = self.http.get(f"/flow_runs/{run_id}").json()
+            run = self.send("GET", f"/flow_runs/{run_id}").json()
             return run if run["state"]["type"] in TERMINAL else None
         run = _wait(state, seconds, f"flow run {run_id}")
         assert run["state"]["type"] == "COMPLETED", self.log.read_text()[-3000:]
@@ -272,7 +277,7 @@ def test_ctrl_c_mid_run_stops_the_run_the_runner_then_the_server(served: Served)
     params = json.loads(json.dumps(ingest["parameters"]))
     params["params"].update(sources=[str(big)], output=str(served.root / "interrupted"))
     run = served.post(f"/deployments/{ingest['id']}/create_flow_run", {"parameters": params})
-    _wait(lambda: served.http.get(f"/flow_runs/{run['id']}").json()["state"]["type"]
+    _wait(lambda: served.send("GET", f"/flow_runs/{run['id']}").json()["state"]["type"]
           == "RUNNING", 240, "the run to start")
     served.ctrl_c()
     served.process.wait(timeout=120)
