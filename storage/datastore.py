@@ -582,10 +582,12 @@ def build_from_arrays(uri: str | Location, spec: IndexSpec,
     else:
         dim = next(iter(shards.values()))[0].shape[1]
         builder = DatastoreBuilder.create(location, spec, dim, embedder=embedder)
-    for shard_id, (vectors, passages) in shards.items():
-        check_shard(shard_id, vectors, passages, builder.manifest.dim)
-    builder.check_new_ids(concat_ids([passage_ids(s, p) for s, (_, p) in shards.items()]))
     if builder.needs_training:
+        # training writes trained.faiss, so a refusal must come first; a new datastore holds
+        # no shards, so this reads nothing (add_shards checks again, against the added ones)
+        for shard_id, (vectors, passages) in shards.items():
+            check_shard(shard_id, vectors, passages, builder.manifest.dim)
+        builder.check_new_ids(concat_ids([passage_ids(s, p) for s, (_, p) in shards.items()]))
         if sample is None:
             everything = np.concatenate([v for v, _ in shards.values()])
             rng = np.random.default_rng(spec.seed)
