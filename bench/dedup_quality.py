@@ -5,7 +5,7 @@ exactly one row per passage. For exact keys, MinHash and SemDeDup at several eps
 measures recall (share of the ideal removals made, each pointing at a row of the same
 passage), precision (share of removals that point at the same passage), and passages lost
 (passages with no row left: merged into a different passage). It calls the same functions
-the prune stages call (stages/dedup.py, scoring/semdedup.py) on the real embedded MiniLM.
+the prune stages call (scoring/duplicates.py) on the real embedded MiniLM.
 
 Run: python bench/dedup_quality.py [--passages 1000] [--copies 10] [--clusters 100]
 Writes bench/results/dedup_quality.json and prints a table.
@@ -24,12 +24,16 @@ from rich.console import Console
 from rich.table import Table
 
 from gristmill.inference import Embedder, EmbedderConfig
+from gristmill.scoring.duplicates import (
+    Duplicates,
+    exact_duplicates,
+    follow_survivors,
+    minhash_duplicates,
+    semantic_duplicates,
+)
 from gristmill.scoring.near_dup import MinHasher, exact_key
-from gristmill.scoring.pruning import assign, tiebreak_keys, train_spherical_kmeans
-from gristmill.scoring.semdedup import semdedup
+from gristmill.scoring.pruning import assign, train_spherical_kmeans
 from gristmill.sources import resolve
-from gristmill.stages.dedup import Duplicate, exact_duplicates, minhash_duplicates
-from gristmill.stages.prune import resolve_survivors
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup_quality.json"
 CORPORA = {"owt": "owt_shuffled", "wikipedia": "wikipedia_shuffled"}
@@ -58,24 +62,20 @@ def load_rows(passages_per_corpus: int,
 
 
 def semantic(ids: list[str], vectors: np.ndarray, labels: np.ndarray, distances: np.ndarray,
-             eps: float) -> dict[str, Duplicate]:
-    found: dict[str, Duplicate] = {}
-    keys = tiebreak_keys(ids)
+             eps: float) -> Duplicates:
+    found: Duplicates = {}
     for cluster in np.unique(labels):
         members = np.flatnonzero(labels == cluster)
-        result = semdedup(vectors[members], distances[members], eps, tiebreak=keys[members])
-        for row in np.flatnonzero(~result.kept):
-            found[ids[members[row]]] = Duplicate(
-                "semantic_duplicate", ids[members[result.duplicate_of[row]]],
-                float(result.similarity[row]))
+        found.update(semantic_duplicates([ids[m] for m in members], vectors[members],
+                                         distances[members], eps))
     return found
 
 
-def quality(removed: dict[str, Duplicate], ids: list[str], passages: list[str],
+def quality(removed: Duplicates, ids: list[str], passages: list[str],
             seconds: float) -> dict[str, float]:
     passage_of = dict(zip(ids, passages, strict=True))
-    resolved = resolve_survivors(removed)
-    same = sum(passage_of[i] == passage_of[d.kept_id] for i, d in resolved.items())
+    resolved = follow_survivors(removed)
+    same = sum(passage_of[i] == passage_of[d.duplicate_of] for i, d in resolved.items())
     ideal = len(ids) - len(set(passages))
     surviving = {passage_of[i] for i in ids if i not in removed}
     return {"removed": len(removed), "same_passage": same,
@@ -84,7 +84,7 @@ def quality(removed: dict[str, Duplicate], ids: list[str], passages: list[str],
             "passages_lost": len(set(passages)) - len(surviving),
             "originals_removed_to_other_passage": sum(
                 1 for i, d in resolved.items()
-                if i.endswith("c00") and passage_of[d.kept_id] != passage_of[i]),
+                if i.endswith("c00") and passage_of[d.duplicate_of] != passage_of[i]),
             "seconds": seconds}
 
 

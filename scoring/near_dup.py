@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 import numpy as np
 import xxhash
@@ -158,6 +159,7 @@ def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float | np.ndarray:
     return equal.mean(axis=-1)
 
 
+@lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) with bands*rows <= num_perm that minimise the false-positive plus
     false-negative area of the banding S-curve 1 - (1 - s**rows)**bands around threshold."""

@@ -31,6 +31,7 @@ from gristmill.inference import (
     EmbedderConfig,
     GeneratorConfig,
     ModelNotFoundError,
+    ModelPath,
     TransformersGenerator,
 )
 from gristmill.scoring import text_stats
@@ -292,7 +293,8 @@ class ClipScorerConfig(_Config):
     gristmill: `model` must name a local Hugging Face CLIP folder."""
 
     kind: Literal["clip"] = "clip"
-    model: str = Field(description="Local folder of a Hugging Face CLIP model")
+    model: Annotated[str, ModelPath()] = Field(
+        description="Local folder of a Hugging Face CLIP model")
     text_column: str = "text"
     image_column: str = Field(default="image_path",
                               description="Image file paths (string) or encoded bytes")

@@ -10,11 +10,12 @@ rejected (`no_answer`), one whose responses and answers differ in number
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from gristmill.inference import ModelPath
 from gristmill.scoring.math_answers import majority_vote, normalize_answer
 from gristmill.stages.base import ColumnTypes, Rejections, Split
 from gristmill.stages.question_columns import QuestionConfig, QuestionStage
@@ -24,7 +25,7 @@ LIST_TYPES = (pa.list_(pa.string()), pa.large_list(pa.string()))
 
 
 class AnswerSelectConfig(QuestionConfig):
-    reward_model: str | None = Field(
+    reward_model: Annotated[str | None, ModelPath()] = Field(
         default=None, description="Sequence-classification reward model folder; None = vote")
     reward_batch_size: int = Field(default=8, ge=1)
 

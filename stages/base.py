@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from gristmill.config import FrozenModel
+from gristmill.inference.identity import identity_payload
 from gristmill.storage.manifest import InputRef, content_sha256
 from gristmill.storage.reader import Dataset
 
@@ -46,7 +47,9 @@ class StageConfig(FrozenModel):
     resources: Resources = Resources()
 
     def hash_payload(self) -> dict:
-        return self.model_dump(mode="json", exclude={"resources"})
+        """What the output depends on: the config less `resources`, with each model path
+        replaced by the model's content identity."""
+        return identity_payload(self, exclude={"resources"})
 
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)

@@ -1,4 +1,8 @@
-"""The duplicate barrier: exact, then MinHash, then semantic (SemDeDup) duplicates.
+"""The duplicate barrier over a dataset: exact, then MinHash, then semantic (SemDeDup).
+
+The decisions themselves (who is a duplicate of whom, which copy survives) are
+scoring/duplicates.py's, shared with question dedup and the datastore; this module feeds them
+a dataset's columns.
 
 Cheap passes first: rows sharing a normalized-text key, then rows whose MinHash signatures
 say their word n-grams overlap, and only the survivors reach SemDeDup, which runs cluster by
@@ -12,16 +16,19 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from gristmill.config import FrozenModel
-from gristmill.scoring.near_dup import near_duplicate_groups
-from gristmill.scoring.pruning import tiebreak_keys
-from gristmill.scoring.semdedup import Survivor, semdedup
+from gristmill.scoring.duplicates import (
+    Duplicates,
+    follow_survivors,
+    semantic_duplicates,
+    text_duplicates,
+)
+from gristmill.scoring.semdedup import Survivor
 from gristmill.stages.embed import vectors_of
 from gristmill.storage.reader import Dataset
 
@@ -45,37 +52,8 @@ class DedupConfig(FrozenModel):
                             description="Rows buffered before clusters spill to disk")
 
 
-class Duplicate(NamedTuple):
-    reason: str
-    kept_id: str
-    score: float
-
-
 def _columns(dataset: Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
     yield from dataset.iter_batches(columns=columns)
-
-
-def exact_duplicates(ids: list[str], keys: list[str]) -> dict[str, Duplicate]:
-    """Every row whose key was seen on a row with a smaller id, pointed at that row."""
-    first: dict[str, str] = {}
-    for row_id, key in sorted(zip(ids, keys, strict=True)):
-        first.setdefault(key, row_id)
-    return {row_id: Duplicate("exact_duplicate", first[key], 1.0)
-            for row_id, key in zip(ids, keys, strict=True) if first[key] != row_id}
-
-
-def minhash_duplicates(ids: list[str], signatures: np.ndarray,
-                       threshold: float) -> dict[str, Duplicate]:
-    """MinHash groups over rows sorted by id; each group keeps its smallest id."""
-    order = np.argsort(np.array(ids, dtype=object), kind="stable")
-    sorted_ids = [ids[i] for i in order]
-    groups = near_duplicate_groups(signatures[order], threshold)
-    found: dict[str, Duplicate] = {}
-    for row, group in enumerate(groups.tolist()):
-        if group != row:
-            similarity = float(np.mean(signatures[order[row]] == signatures[order[group]]))
-            found[sorted_ids[row]] = Duplicate("near_duplicate", sorted_ids[group], similarity)
-    return found
 
 
 class ClusterSpill:
@@ -119,10 +97,10 @@ class ClusterSpill:
             yield cluster, pa.concat_tables(tables)
 
 
-def semantic_duplicates(dataset: Dataset, removed: dict[str, Duplicate], config: DedupConfig,
-                        *, id_column: str, vector_column: str) -> dict[str, Duplicate]:
+def semantic_pass(dataset: Dataset, removed: Duplicates, config: DedupConfig,
+                  *, id_column: str, vector_column: str) -> Duplicates:
     """SemDeDup per cluster over the rows no cheaper pass removed."""
-    found: dict[str, Duplicate] = {}
+    found: Duplicates = {}
     columns = [id_column, "cluster", "centroid_distance", vector_column]
     with tempfile.TemporaryDirectory(prefix="gristmill-semdedup-") as folder:
         spill = ClusterSpill(Path(folder), config.spill_rows)
@@ -132,37 +110,28 @@ def semantic_duplicates(dataset: Dataset, removed: dict[str, Duplicate], config:
             table = table.filter(pa.array(alive, pa.bool_()))
             spill.add(table, table.column("cluster").to_numpy())
         for _, table in spill.clusters():
-            ids = table.column(id_column).to_pylist()
-            result = semdedup(vectors_of(table.column(vector_column)),
-                              table.column("centroid_distance").to_numpy(), config.eps,
-                              survivor=config.survivor, tiebreak=tiebreak_keys(ids),
-                              block_rows=config.block_rows)
-            for row in np.flatnonzero(~result.kept).tolist():
-                found[ids[row]] = Duplicate("semantic_duplicate",
-                                            ids[int(result.duplicate_of[row])],
-                                            float(result.similarity[row]))
+            found.update(semantic_duplicates(
+                table.column(id_column).to_pylist(), vectors_of(table.column(vector_column)),
+                table.column("centroid_distance").to_numpy(), config.eps,
+                survivor=config.survivor, block_rows=config.block_rows))
     return found
 
 
 def duplicate_decisions(dataset: Dataset, config: DedupConfig, *, id_column: str,
-                        vector_column: str) -> dict[str, Duplicate]:
-    """Every duplicate row (id -> why, and which row was kept in its place)."""
-    removed: dict[str, Duplicate] = {}
+                        vector_column: str) -> Duplicates:
+    """Every duplicate row (id -> why, and the row kept in its place, chains followed)."""
+    removed: Duplicates = {}
     if config.exact or config.minhash:
         table = pa.Table.from_batches(
             list(_columns(dataset, [id_column, "exact_key", "minhash"])),
             schema=pa.schema([dataset.schema.field(c)
                               for c in (id_column, "exact_key", "minhash")]))
-        ids = table.column(id_column).to_pylist()
-        if config.exact:
-            removed.update(exact_duplicates(ids, table.column("exact_key").to_pylist()))
-        if config.minhash:
-            alive = np.array([i not in removed for i in ids], bool)
-            column = table.column("minhash").filter(pa.array(alive))
-            signatures = vectors_of(column).astype(np.uint64)
-            alive_ids = [i for i, a in zip(ids, alive, strict=True) if a]
-            removed.update(minhash_duplicates(alive_ids, signatures, config.minhash_threshold))
+        removed.update(text_duplicates(
+            table.column(id_column).to_pylist(),
+            table.column("exact_key").to_pylist() if config.exact else None,
+            vectors_of(table.column("minhash")).astype(np.uint64) if config.minhash else None,
+            config.minhash_threshold))
     if config.semantic:
-        removed.update(semantic_duplicates(dataset, removed, config, id_column=id_column,
-                                           vector_column=vector_column))
-    return removed
+        removed.update(semantic_pass(dataset, removed, config, id_column=id_column,
+                                     vector_column=vector_column))
+    return follow_survivors(removed)

@@ -1,10 +1,13 @@
 """ingest: raw JSONL / Parquet / text / fortune files, or named DATA.md sources, into a dataset.
 
-Each record gets a stable `id`, a 128-bit BLAKE2b of its text: the same content gets the
-same id wherever and whenever it is ingested, and the id survives every later stage (exact
-duplicates therefore share an id, which is what an exact-dedup step keys on). Records that
-cannot become rows (broken UTF-8, malformed JSON, no text field, text that is not a string,
-empty or oversized text) are rejected with the reason and their raw bytes, never dropped.
+Each record gets two hashes. `id` names the row: a 128-bit BLAKE2b of where it came from
+(source, the file's name relative to that source's root, the record number) and its text,
+so it is unique within the dataset and the same on every rerun, machine and worker count.
+`text_hash` names the content: a 128-bit BLAKE2b of the text alone, so identical texts share
+it while keeping their own ids (exact dedup keys on content, every decision keys on `id`).
+Records that cannot become rows (broken UTF-8, malformed JSON, no text field, text that is
+not a string, empty or oversized text) are rejected with the reason and their raw bytes,
+never dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from glob import glob
+from glob import glob, has_magic
 from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,11 +25,12 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
 from gristmill.stages.base import MapStage, Split, StageConfig, WorkUnit, attach_reasons
-from gristmill.stages.raw_formats import RawFormat, guess_format, iter_records
+from gristmill.stages.raw_formats import RawFormat, Record, guess_format, iter_records
 from gristmill.storage.manifest import InputRef, canonical_json
 
 RAW_SCHEMA = pa.schema([
     pa.field("locator", pa.string()),
+    pa.field("record_key", pa.string()),
     pa.field("payload", pa.binary()),
     pa.field("payload_kind", pa.string()),
     pa.field("source", pa.string()),
@@ -35,7 +39,7 @@ RAW_SCHEMA = pa.schema([
 ])
 
 
-BASE_COLUMNS = ("id", "text", "source", "meta")
+BASE_COLUMNS = ("id", "text_hash", "text", "source", "meta")
 
 
 class IngestConfig(StageConfig):
@@ -61,6 +65,8 @@ class RawFile(BaseModel):
     """One raw file to ingest, with how to read it and what to say about its rows."""
 
     path: str
+    name: str = Field(description="The file's path relative to its source's root: with the "
+                                  "source it identifies the file on any machine")
     format: RawFormat
     source: str
     text_field: str = "text"
@@ -73,8 +79,15 @@ class IngestInputError(ValueError):
     """A source argument that names no file, folder, glob or known source."""
 
 
-def row_id(text: str) -> str:
+def text_hash(text: str) -> str:
+    """The content hash: equal for identical texts, whatever their rows."""
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def row_id(record_key: str, text: str) -> str:
+    """The row's identity: its place in the input (source, file name, record number) and its
+    text, so two copies of one text stay two rows."""
+    return hashlib.blake2b(f"{record_key}\n{text}".encode(), digest_size=16).hexdigest()
 
 
 def _raw_file_sha256(raw: RawFile) -> str:
@@ -93,6 +106,13 @@ class RawFilesInput:
     def __init__(self, files: list[RawFile]) -> None:
         if not files:
             raise IngestInputError("nothing to ingest: no files were found")
+        seen: dict[tuple[str, str], str] = {}
+        for raw in files:
+            if (raw.source, raw.name) in seen:
+                raise IngestInputError(
+                    f"{raw.path} and {seen[raw.source, raw.name]} are both {raw.name!r} of "
+                    f"source {raw.source!r}: name each file once (row ids would repeat)")
+            seen[raw.source, raw.name] = raw.path
         self.files = files
         self._refs: list[InputRef] | None = None
 
@@ -123,7 +143,7 @@ class RawFilesInput:
     def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]:
         raw = self.files[unit.index]
         meta = json.dumps(raw.meta, sort_keys=True)
-        rows: list[tuple[str, bytes, str]] = []
+        rows: list[Record] = []
         records = iter_records(raw.path, raw.format)
         for record in islice(records, raw.max_records):
             rows.append(record)
@@ -134,11 +154,13 @@ class RawFilesInput:
             yield _raw_table(rows, raw, meta)
 
 
-def _raw_table(rows: list[tuple[str, bytes, str]], raw: RawFile, meta: str) -> pa.Table:
-    locators, payloads, kinds = zip(*rows, strict=True)
+def _raw_table(rows: list[Record], raw: RawFile, meta: str) -> pa.Table:
+    numbers, payloads, kinds = zip(*rows, strict=True)
     count = len(rows)
     return pa.table([
-        pa.array(locators, pa.string()), pa.array(payloads, pa.binary()),
+        pa.array([f"{raw.path}:{n}" for n in numbers], pa.string()),
+        pa.array([f"{raw.source}\n{raw.name}\n{n}" for n in numbers], pa.string()),
+        pa.array(payloads, pa.binary()),
         pa.array(kinds, pa.string()), pa.array([raw.source] * count, pa.string()),
         pa.array([raw.text_field] * count, pa.string()), pa.array([meta] * count, pa.string()),
     ], schema=RAW_SCHEMA)
@@ -149,21 +171,33 @@ def _expand(arg: str, fmt: RawFormat | None, text_field: str) -> list[RawFile]:
 
     if arg in {spec.name for spec in list_sources()}:
         resolved = resolve(arg)
-        return [RawFile(path=str(path), format=resolved.spec.format, source=arg,
+        return [RawFile(path=str(path), name=path.relative_to(resolved.root).as_posix(),
+                        format=resolved.spec.format, source=arg,
                         text_field=resolved.spec.text_field,
                         meta=resolved.spec.file_metadata(path))
                 for path in resolved.files]
     if os.path.isdir(arg):
+        root = arg
         paths = sorted(str(p) for p in Path(arg).rglob("*") if p.is_file())
     elif os.path.isfile(arg):
+        root = os.path.dirname(arg)
         paths = [arg]
     else:
-        paths = sorted(glob(arg, recursive=True))
+        root = _glob_root(arg)
+        paths = sorted(p for p in glob(arg, recursive=True) if os.path.isfile(p))
     if not paths:
         raise IngestInputError(f"{arg!r} is not a known source, file, folder or glob "
                                "matching any file")
-    return [RawFile(path=os.path.abspath(p), format=fmt or guess_format(p), source=arg,
-                    text_field=text_field) for p in paths]
+    return [RawFile(path=os.path.abspath(p), name=Path(os.path.relpath(p, root or ".")).as_posix(),
+                    format=fmt or guess_format(p), source=arg, text_field=text_field)
+            for p in paths]
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob starts from: its path up to the first part with a wildcard."""
+    parts = Path(pattern).parts
+    first_magic = next((i for i, part in enumerate(parts) if has_magic(part)), len(parts))
+    return str(Path(*parts[:first_magic])) if first_magic else ""
 
 
 def _decode(payload: bytes, kind: str, text_field: str,
@@ -213,7 +247,8 @@ class Ingest(MapStage[IngestConfig]):
                 details.append(detail)
                 continue
             source = columns["source"][i]
-            kept["id"].append(row_id(text))
+            kept["id"].append(row_id(columns["record_key"][i], text))
+            kept["text_hash"].append(text_hash(text))
             kept["text"].append(text)
             kept["source"].append(source)
             kept["meta"].append(json.dumps(meta, sort_keys=True, default=str))

@@ -8,8 +8,9 @@ Steps, each with a durable output so a rerun resumes and the decision sits in th
    key and the MinHash signature: every score computed once.
 4. `build_decisions` (barrier): exact, MinHash and semantic duplicates (stages/dedup.py), then
    the prototype cut over the survivors, written as a dataset of rejected ids.
-5. `PruneSelect` (map): rows listed there go to rejected/ with their reason, the kept row's id
-   (`near_duplicate_of`) and score; the rest pass.
+5. `PruneSelect` (map): rows listed there go to rejected/ with their reason, the id of the
+   row their duplicate group keeps (`duplicate_of`) and score; the rest pass. When the
+   prototype cut then prunes that survivor too, the duplicate's detail says so.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import sys
 from datetime import UTC, datetime
-from typing import ClassVar, NamedTuple, Self
+from typing import ClassVar, Self
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, model_validator
 
 from gristmill.config import FrozenModel, StorageConfig
+from gristmill.inference.identity import identity_payload
+from gristmill.scoring.duplicates import Duplicate, Duplicates
 from gristmill.scoring.near_dup import MinHasher, exact_key
 from gristmill.scoring.pruning import (
     Strategy,
@@ -45,7 +48,7 @@ from gristmill.stages.base import (
     require_columns,
 )
 from gristmill.stages.code_version import code_version
-from gristmill.stages.dedup import DedupConfig, Duplicate, duplicate_decisions
+from gristmill.stages.dedup import DedupConfig, duplicate_decisions
 from gristmill.stages.embed import EmbedConfig, vector_array, vectors_of
 from gristmill.storage.fs import Location, read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.manifest import (
@@ -200,7 +203,7 @@ class PruneSelectConfig(StageConfig):
 
 DECISION_SCHEMA = pa.schema([
     pa.field("id", pa.string()), pa.field("reason", pa.string()),
-    pa.field("near_duplicate_of", pa.string()), pa.field("score", pa.float64()),
+    pa.field("duplicate_of", pa.string()), pa.field("score", pa.float64()),
     pa.field("detail", pa.string()),
 ])
 
@@ -222,7 +225,7 @@ class PruneSelect(MapStage[PruneSelectConfig]):
 
     def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return pa.schema([*self.output_schema(input_schema),
-                          pa.field("near_duplicate_of", pa.string()),
+                          pa.field("duplicate_of", pa.string()),
                           pa.field("prune_score", pa.float64()), *REJECT_COLUMNS])
 
     def process(self, batch: pa.Table) -> Split:
@@ -232,8 +235,8 @@ class PruneSelect(MapStage[PruneSelectConfig]):
         dropped = [d for d in found if d is not None]
         rejected = batch.filter(pa.array([d is not None for d in found], pa.bool_()))
         rejected = (rejected
-                    .append_column("near_duplicate_of",
-                                   pa.array([d["near_duplicate_of"] for d in dropped], pa.string()))
+                    .append_column("duplicate_of",
+                                   pa.array([d["duplicate_of"] for d in dropped], pa.string()))
                     .append_column("prune_score",
                                    pa.array([d["score"] for d in dropped], pa.float64())))
         rejected = attach_reasons(rejected, [d["reason"] for d in dropped],
@@ -245,7 +248,7 @@ class PruneSelect(MapStage[PruneSelectConfig]):
 def barrier_key(name: str, config: BaseModel, inputs: list[InputRef]) -> str:
     """What a barrier's output is a function of: its name, config, input contents and the
     code that computes it (a changed dedup rule must not reuse old decisions)."""
-    payload = {"name": name, "config": config.model_dump(mode="json"),
+    payload = {"name": name, "config": identity_payload(config),
                "inputs": [r.content_sha256 for r in inputs],
                "code": code_version(sys.modules[__name__])}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
@@ -324,8 +327,8 @@ class DecisionSummary(BaseModel):
     pruned_counts: list[int] = Field(default_factory=list, description="Pruned rows per bin")
 
 
-def _prototype_cut(dataset: Dataset, removed: dict[str, Resolved], config: PruneConfig,
-                   ) -> tuple[dict[str, Resolved], DecisionSummary]:
+def _prototype_cut(dataset: Dataset, removed: Duplicates, config: PruneConfig,
+                   ) -> tuple[Duplicates, DecisionSummary]:
     ids: list[str] = []
     clusters, scores = [], []
     for batch in dataset.iter_batches(columns=[config.id_column, "cluster",
@@ -347,7 +350,7 @@ def _prototype_cut(dataset: Dataset, removed: dict[str, Resolved], config: Prune
     keep = select_prototypes(score, fraction, hard=hard, labels=labels, balance=cfg.balance,
                              tiebreak=tiebreak_keys(ids))
     reason = "pruned_easy" if hard else "pruned_hard"
-    pruned = {ids[i]: Resolved(reason, "", float(score[i]), "") for i in np.flatnonzero(~keep)}
+    pruned = {ids[i]: Duplicate(reason, "", float(score[i])) for i in np.flatnonzero(~keep)}
     edges = np.histogram_bin_edges(score, bins=HISTOGRAM_BINS) if len(score) else np.zeros(0)
     summary = summary.model_copy(update={
         "keep_hard": hard, "keep_fraction": fraction, "score_edges": edges.tolist(),
@@ -356,33 +359,18 @@ def _prototype_cut(dataset: Dataset, removed: dict[str, Resolved], config: Prune
     return pruned, summary
 
 
-class Resolved(NamedTuple):
-    reason: str
-    kept_id: str
-    score: float
-    matched_id: str
-
-
-def resolve_survivors(removed: dict[str, Duplicate]) -> dict[str, Resolved]:
-    """Point every duplicate at the row dedup kept: a MinHash match whose representative a
-    later semantic pass removed follows the chain to that pass's survivor."""
-    resolved: dict[str, Resolved] = {}
-    for row_id, decision in removed.items():
-        target, seen = decision.kept_id, {row_id}
-        while target in removed and target not in seen:
-            seen.add(target)
-            target = removed[target].kept_id
-        resolved[row_id] = Resolved(decision.reason, target, decision.score, decision.kept_id)
-    return resolved
-
-
-def _detail(decision: Resolved) -> str:
-    if decision.reason.startswith("pruned"):
+def _detail(decision: Duplicate, pruned: Duplicates) -> str:
+    if not decision.duplicate_of:
         return f"prototype distance {decision.score:.4f}"
-    measure = "cosine" if decision.reason == "semantic_duplicate" else "jaccard"
-    text = f"{measure} {decision.score:.4f} to {decision.matched_id}"
-    if decision.matched_id != decision.kept_id:
-        text += f", itself a duplicate of {decision.kept_id}"
+    measure = {"semantic_duplicate": f"cosine {decision.score:.4f} to",
+               "exact_duplicate": "same normalized text as"}.get(
+        decision.reason, f"jaccard {decision.score:.4f} to")
+    text = f"{measure} {decision.matched or decision.duplicate_of}"
+    if decision.matched:
+        text += f", itself a duplicate of {decision.duplicate_of}"
+    if decision.duplicate_of in pruned:
+        text += (f"; the kept copy {decision.duplicate_of} was then "
+                 f"{pruned[decision.duplicate_of].reason} by the prototype cut")
     return text
 
 
@@ -398,18 +386,17 @@ def build_decisions(scored_uri: str, config: PruneConfig, output: str,
     key = barrier_key("decisions", config, inputs)
     if (reused := _reusable_decisions(output, key)) is not None:
         return reused
-    removed = resolve_survivors(duplicate_decisions(
-        dataset, config.dedup, id_column=config.id_column,
-        vector_column=config.embed.vector_column))
+    removed = duplicate_decisions(dataset, config.dedup, id_column=config.id_column,
+                                  vector_column=config.embed.vector_column)
     pruned, summary = _prototype_cut(dataset, removed, config)
     decisions = {**removed, **pruned}
     ordered = sorted(decisions.items())
     table = pa.table({
         "id": [i for i, _ in ordered],
         "reason": [d.reason for _, d in ordered],
-        "near_duplicate_of": [d.kept_id or None for _, d in ordered],
+        "duplicate_of": [d.duplicate_of or None for _, d in ordered],
         "score": [d.score for _, d in ordered],
-        "detail": [_detail(d) for _, d in ordered],
+        "detail": [_detail(d, pruned) for _, d in ordered],
     }, schema=DECISION_SCHEMA)
     sizes = np.zeros(0, np.int64)
     for batch in dataset.iter_batches(columns=["cluster"]):

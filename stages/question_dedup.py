@@ -5,10 +5,12 @@ Three passes, so the global part is an explicit barrier:
    closeness to a benchmark's test questions (GSM8K test by default): word n-gram overlap
    (the larger containment either way) and embedding cosine similarity.
 2. `plan_question_dedup` (driver) reads keys and signatures of the whole scored dataset and
-   decides which rows are exact or near duplicates (the first by id of each group stays); it
-   writes that drop list to a file and returns a select config carrying its path and hash.
-3. `QuestionDedupSelect` (map) drops the listed duplicates and anything over the
-   decontamination thresholds, each with its reason.
+   decides which rows are exact or near duplicates with scoring/duplicates.py (the one
+   dedup every stage uses: each group keeps one row, by its survivor rule); it writes that
+   drop list to a file and returns a select config carrying its path and hash.
+3. `QuestionDedupSelect` (map) drops the listed duplicates, each naming the question its
+   group keeps in `duplicate_of`, and anything over the decontamination thresholds, each
+   with its reason.
 """
 
 from __future__ import annotations
@@ -25,19 +27,15 @@ from pydantic import Field, model_validator
 
 from gristmill.config import FrozenModel
 from gristmill.inference import Embedder, EmbedderConfig
-from gristmill.scoring.near_dup import (
-    MinHasher,
-    exact_key,
-    near_duplicate_groups,
-    normalize_text,
-    word_ngrams,
-)
+from gristmill.scoring.duplicates import text_duplicates
+from gristmill.scoring.near_dup import MinHasher, exact_key, normalize_text, word_ngrams
 from gristmill.stages.base import (
     STRING_TYPES,
     ColumnTypes,
     MapStage,
     Split,
     StageConfig,
+    reject_schema,
     require_columns,
     split_by_reasons,
 )
@@ -184,18 +182,23 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return input_schema
 
+    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return reject_schema(pa.schema([*input_schema, pa.field("duplicate_of", pa.string())]))
+
     def process(self, batch: pa.Table) -> Split:
         cfg = self.config
         reasons: list[str | None] = []
         details: list[str | None] = []
+        survivors: list[str | None] = []
         for row_id, overlap, sim, ngram_near, embed_near in zip(
                 *(batch.column(name).to_pylist() for name in (
                     "id", "bench_ngram_overlap", "bench_embed_sim", "bench_ngram_nearest",
                     "bench_embed_nearest")), strict=True):
+            survivors.append(None)
             if row_id in self.drops:
-                reason, kept = self.drops[row_id]
+                reason, survivors[-1], detail = self.drops[row_id]
                 reasons.append(reason)
-                details.append(f"duplicate of {kept}")
+                details.append(detail)
             elif cfg.max_bench_ngram_overlap is not None and overlap is not None \
                     and overlap > cfg.max_bench_ngram_overlap:
                 reasons.append("benchmark_ngram")
@@ -207,29 +210,25 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
             else:
                 reasons.append(None)
                 details.append(None)
-        return split_by_reasons(batch, reasons, details, self.name)
+        split = split_by_reasons(batch.append_column("duplicate_of",
+                                                     pa.array(survivors, pa.string())),
+                                 reasons, details, self.name)
+        return Split(split.kept.drop_columns(["duplicate_of"]), split.rejected)
 
 
 def duplicate_drops(ids: list[str], keys: list[str], signatures: np.ndarray,
                     threshold: float) -> dict[str, list[str]]:
-    """{dropped id: [reason, kept id]}: exact copies of an earlier key first, then MinHash
-    near duplicates among the rest. Rows are taken in id order, so the result does not
-    depend on how the data was sharded."""
-    order = sorted(range(len(ids)), key=lambda i: ids[i])
-    first_of: dict[str, str] = {}
+    """{dropped id: [reason, kept id, detail]} from the shared dedup: exact copies, then
+    MinHash near duplicates among the rest, each pointed at the question its group keeps.
+    The survivor is chosen by id, so the result does not depend on how the data was
+    sharded."""
     drops: dict[str, list[str]] = {}
-    unique: list[int] = []
-    for i in order:
-        if keys[i] in first_of:
-            drops[ids[i]] = ["exact_duplicate", first_of[keys[i]]]
-        else:
-            first_of[keys[i]] = ids[i]
-            unique.append(i)
-    if len(unique) > 1:
-        groups = near_duplicate_groups(signatures[unique], threshold)
-        for position, group in enumerate(groups):
-            if group != position:
-                drops[ids[unique[position]]] = ["near_duplicate", ids[unique[int(group)]]]
+    for row_id, found in text_duplicates(ids, keys, signatures, threshold).items():
+        detail = f"duplicate of {found.duplicate_of}"
+        if found.reason == "near_duplicate":
+            detail = f"jaccard {found.score:.3f} to {found.matched or found.duplicate_of}" + (
+                f", itself a duplicate of {found.duplicate_of}" if found.matched else "")
+        drops[row_id] = [found.reason, found.duplicate_of, detail]
     return drops
 
 

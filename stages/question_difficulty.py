@@ -13,13 +13,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from gristmill.inference import Generator, GeneratorConfig, load_generator
+from gristmill.inference import Generator, GeneratorConfig, ModelPath, load_generator
 from gristmill.stages.base import (
     STRING_TYPES,
     MapStage,
@@ -62,7 +62,7 @@ class DifficultyScoreConfig(QuestionConfig):
     generator: GeneratorConfig = GeneratorConfig(do_sample=False, max_new_tokens=8,
                                                  max_prompt_tokens=2048, batch_size=8)
     instruction: str = RATING_INSTRUCTION
-    classifier_path: str | None = Field(
+    classifier_path: Annotated[str | None, ModelPath()] = Field(
         default=None, description="Sequence-classification model folder (scorer=classifier)")
     require_score: bool = Field(default=True, description="Reject rows the scorer cannot rate")
 

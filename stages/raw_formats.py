@@ -1,4 +1,4 @@
-"""Split raw files into records without interpreting them: bytes in, (locator, payload) out.
+"""Split raw files into records without interpreting them: bytes in, (number, payload) out.
 
 Decoding, parsing and validation happen in the ingest stage, so a broken record becomes a
 rejected row with a reason instead of an exception while reading.
@@ -36,15 +36,21 @@ def guess_format(path: str) -> RawFormat:
     return EXTENSION_FORMATS[suffix]
 
 
-def iter_records(path: str, fmt: RawFormat) -> Iterator[tuple[str, bytes, PayloadKind]]:
-    """Yield (locator, payload bytes, payload kind) for every record in one raw file."""
+Record = tuple[int, bytes, PayloadKind]
+"""(record number within its file, payload bytes, payload kind). The number is the line for
+JSONL, the row for Parquet, the record for fortune files and 1 for a text file: with the
+file's name it says where a row came from, and it is part of the row's id."""
+
+
+def iter_records(path: str, fmt: RawFormat) -> Iterator[Record]:
+    """Yield every record of one raw file."""
     if fmt == "jsonl":
         with open(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
-                    yield f"{path}:{number}", line.rstrip(b"\r\n"), "json"
+                    yield number, line.rstrip(b"\r\n"), "json"
     elif fmt == "text":
-        yield path, Path(path).read_bytes(), "text"
+        yield 1, Path(path).read_bytes(), "text"
     elif fmt == "fortune":
         yield from _fortune_records(path)
     elif fmt == "parquet":
@@ -53,7 +59,7 @@ def iter_records(path: str, fmt: RawFormat) -> Iterator[tuple[str, bytes, Payloa
         raise UnknownFormatError(f"unknown raw format {fmt!r}")
 
 
-def _fortune_records(path: str) -> Iterator[tuple[str, bytes, PayloadKind]]:
+def _fortune_records(path: str) -> Iterator[Record]:
     """Fortune files separate records by a line holding only '%'."""
     record: list[bytes] = []
     number = 0
@@ -62,18 +68,18 @@ def _fortune_records(path: str) -> Iterator[tuple[str, bytes, PayloadKind]]:
             if line.rstrip(b"\r\n") == b"%":
                 if record:
                     number += 1
-                    yield f"{path}#{number}", b"".join(record).rstrip(b"\r\n"), "text"
+                    yield number, b"".join(record).rstrip(b"\r\n"), "text"
                 record = []
             else:
                 record.append(line)
     if b"".join(record).strip():
-        yield f"{path}#{number + 1}", b"".join(record).rstrip(b"\r\n"), "text"
+        yield number + 1, b"".join(record).rstrip(b"\r\n"), "text"
 
 
-def _parquet_records(path: str) -> Iterator[tuple[str, bytes, PayloadKind]]:
+def _parquet_records(path: str) -> Iterator[Record]:
     """Each Parquet row becomes a JSON object, so it is validated like a JSONL line."""
     row_number = 0
     for batch in pq.ParquetFile(path).iter_batches():
         for row in pa.Table.from_batches([batch]).to_pylist():
             row_number += 1
-            yield f"{path}:{row_number}", json.dumps(row, default=str).encode(), "json"
+            yield row_number, json.dumps(row, default=str).encode(), "json"

@@ -7,10 +7,12 @@ killed therefore resumes by skipping recorded units and deleting unrecorded file
 finished unit is redone and no row is written twice.
 
 Before any work, a committed output whose cache key (stage, config hash, input content
-hashes, code version, storage settings) matches is reused as it is. Otherwise the new run
-writes a new generation of shards beside the committed one, and replacing the manifest (an
-atomic rename) switches readers over: until then, and if the run fails, the previous
-output stays readable. The old generation's shards are deleted after the switch.
+hashes, code version, storage settings) matches is reused as it is. Models enter the config
+hash by content (gristmill/inference/identity.py) and code by its syntax tree
+(stages/code_version.py), so a moved model or an edited comment keeps the key. Otherwise the
+new run writes a new generation of shards beside the committed one, and replacing the
+manifest (an atomic rename) switches readers over: until then, and if the run fails, the
+previous output stays readable. The old generation's shards are deleted after the switch.
 """
 
 from __future__ import annotations
@@ -373,7 +375,8 @@ def run_stage(
     schemas = (stage.output_schema(input_schema), stage.rejected_schema(input_schema))
     refs = source.refs()
     code = stage_code_version(stage_cls)
-    key = cache_key(stage.name, config.hash_payload(), refs, code, runtime.storage)
+    payload = config.hash_payload()
+    key = cache_key(stage.name, payload, refs, code, runtime.storage)
     out = resolve(output)
     _check_disjoint(out, refs)
 
@@ -410,7 +413,7 @@ def run_stage(
                                  f"{stats.rows_out} + rows_rejected {stats.rows_rejected}")
     lineage = Lineage(
         stage=stage.name, config=config.model_dump(mode="json"),
-        config_hash=config_hash(config.hash_payload()),
+        config_hash=config_hash(payload),
         inputs=refs, code_version=code, cache_key=key, flow_run_id=flow_run_id,
         started=started, finished=datetime.now(UTC),
     )

@@ -17,6 +17,7 @@ from gristmill.stages.ingest import (
     IngestInputError,
     RawFilesInput,
     row_id,
+    text_hash,
 )
 from gristmill.stages.raw_formats import UnknownFormatError, iter_records
 from gristmill.stages.runner import run_stage
@@ -25,10 +26,13 @@ from gristmill.storage.reader import Dataset
 QUIET = RuntimeConfig(progress=False)
 
 
-def raw_batch(payloads: list[bytes], kind: str = "json", meta: dict | None = None) -> pa.Table:
+def raw_batch(payloads: list[bytes], kind: str = "json", meta: dict | None = None,
+              first_record: int = 1) -> pa.Table:
     count = len(payloads)
+    numbers = range(first_record, first_record + count)
     return pa.table({
-        "locator": [f"file:{i}" for i in range(count)],
+        "locator": [f"file:{n}" for n in numbers],
+        "record_key": [f"unit-test\nfile\n{n}" for n in numbers],
         "payload": payloads,
         "payload_kind": [kind] * count,
         "source": ["unit-test"] * count,
@@ -70,14 +74,46 @@ def test_oversized_text_is_rejected_not_loaded_downstream() -> None:
     assert "10485760 bytes" in split.rejected.column("reject_detail")[0].as_py()
 
 
-def test_ids_are_stable_content_hashes_of_the_text() -> None:
+def test_copies_of_a_text_are_distinct_rows_with_one_content_hash() -> None:
     stage = Ingest(IngestConfig())
-    first = stage.process(raw_batch([b'{"text": "same"}', b'{"text": "other"}']))
-    again = stage.process(raw_batch([b'{"text": "same", "elsewhere": true}']))
-    ids = first.kept.column("id").to_pylist()
-    assert ids[0] == again.kept.column("id")[0].as_py() == row_id("same")
-    assert ids[0] != ids[1]
-    assert len(ids[0]) == 32
+    split = stage.process(raw_batch([b'{"text": "same"}', b'{"text": "same"}',
+                                     b'{"text": "other"}']))
+    ids = split.kept.column("id").to_pylist()
+    hashes = split.kept.column("text_hash").to_pylist()
+    assert len(set(ids)) == 3 and all(len(i) == 32 for i in ids)
+    assert hashes[0] == hashes[1] == text_hash("same") != hashes[2]
+    assert ids[0] == row_id("unit-test\nfile\n1", "same")
+
+
+def test_ids_depend_on_the_record_not_on_batching() -> None:
+    stage = Ingest(IngestConfig())
+    records = [b'{"text": "a"}', b'{"text": "b"}', b'{"text": "a"}']
+    whole = stage.process(raw_batch(records)).kept.column("id").to_pylist()
+    pieces = [stage.process(raw_batch(records[:2])).kept.column("id").to_pylist(),
+              stage.process(raw_batch(records[2:], first_record=3)).kept.column("id").to_pylist()]
+    assert whole == pieces[0] + pieces[1]
+
+
+def test_ids_are_the_same_from_another_checkout(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row's id names the file as it was given (here a relative folder), not where the
+    checkout lies on disk."""
+    def ingest_in(checkout: Path) -> list[str]:
+        (checkout / "raw" / "sub").mkdir(parents=True)
+        (checkout / "raw" / "sub" / "a.jsonl").write_text('{"text": "x"}\n{"text": "x"}\n')
+        monkeypatch.chdir(checkout)
+        source = RawFilesInput.from_args(["raw"])
+        batch = next(source.read_unit(source.units()[0], 100))
+        return Ingest(IngestConfig()).process(batch).kept.column("id").to_pylist()
+    here, there = ingest_in(tmp_path / "here"), ingest_in(tmp_path / "there")
+    assert here == there and len(set(here)) == 2
+
+
+def test_a_file_named_twice_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "a.jsonl"
+    raw.write_text('{"text": "x"}\n')
+    with pytest.raises(IngestInputError, match="name each file once"):
+        RawFilesInput.from_args([str(raw), str(raw)])
 
 
 def test_metadata_is_kept_as_json_and_promoted_fields_become_columns() -> None:

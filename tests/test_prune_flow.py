@@ -21,6 +21,7 @@ from gristmill.sources import resolve
 from gristmill.stages.base import StageInputError
 from gristmill.stages.dedup import DedupConfig
 from gristmill.stages.embed import EmbedConfig, vector_array
+from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.prune import (
     DECISION_SCHEMA,
     ClusteringConfig,
@@ -34,6 +35,7 @@ from gristmill.stages.prune import (
     build_centroids,
     build_decisions,
 )
+from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
@@ -87,7 +89,7 @@ def test_select_rejects_listed_ids_with_reason_kept_id_and_score(tmp_path: Path)
     uri = str(tmp_path / "decisions")
     write_table(uri, pa.table({
         "id": ["b", "c"], "reason": ["semantic_duplicate", "pruned_easy"],
-        "near_duplicate_of": ["a", None], "score": [0.97, 0.05],
+        "duplicate_of": ["a", None], "score": [0.97, 0.05],
         "detail": ["cosine 0.9700 to a", "prototype distance 0.0500"]}, schema=DECISION_SCHEMA))
     stage = PruneSelect(PruneSelectConfig(decisions=DatasetRef.of(uri)))
     stage.setup()
@@ -98,7 +100,7 @@ def test_select_rejects_listed_ids_with_reason_kept_id_and_score(tmp_path: Path)
     assert split.kept.schema == stage.output_schema(batch.schema)
     assert split.rejected.schema == stage.rejected_schema(batch.schema)
     rejected = split.rejected.to_pylist()
-    assert [(r["id"], r["reject_reason"], r["near_duplicate_of"], r["prune_score"])
+    assert [(r["id"], r["reject_reason"], r["duplicate_of"], r["prune_score"])
             for r in rejected] == [("b", "semantic_duplicate", "a", 0.97),
                                    ("c", "pruned_easy", None, 0.05)]
 
@@ -136,10 +138,14 @@ def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(
     kept_ids = set(kept.column("id").to_pylist())
     why = {r["id"]: r for r in rejected}
     assert why["p07-upper"]["reject_reason"] == "exact_duplicate"
-    assert why["p07-upper"]["near_duplicate_of"] == "p07"
+    assert why["p07-upper"]["duplicate_of"] == "p07"
     duplicates = [r for r in rejected if r["reject_reason"].endswith("duplicate")]
     for row in duplicates:
-        assert row["near_duplicate_of"][:3] == row["id"][:3]
+        assert row["duplicate_of"][:3] == row["id"][:3]
+        survivor = row["duplicate_of"]
+        assert survivor in kept_ids or (
+            why[survivor]["reject_reason"].startswith("pruned")
+            and f"kept copy {survivor} was then pruned" in row["reject_detail"])
     for passage in range(COPIED):
         group = [f"p{passage:02d}"] + [f"p{passage:02d}-copy{c}" for c in (1, 2)]
         assert any(g in kept_ids or why[g]["reject_reason"].startswith("pruned") for g in group)
@@ -197,3 +203,33 @@ def test_a_summary_left_by_another_run_is_not_reused(tmp_path: Path,
     on_disk = ref.open().to_table().column("reason").to_pylist()
     assert summary.keep_fraction == 0.5
     assert summary.reasons == {r: on_disk.count(r) for r in set(on_disk)}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local", "prefect_server")
+def test_repeated_passages_keep_one_copy_each(tmp_path: Path) -> None:
+    """32 real Brown passages, two of them twice byte for byte, ingested from one file:
+    exact + MinHash dedup with nothing pruned keeps 30 rows, one of each pair."""
+    lines = resolve("brown").files[0].read_text(encoding="utf-8").splitlines()[:30]
+    passages = [" ".join(json.loads(line)["text"].split()[:200]) for line in lines]
+    raw = tmp_path / "in.jsonl"
+    raw.write_text("".join(json.dumps({"text": t}) + "\n"
+                           for t in [*passages, passages[4], passages[21]]))
+    runtime = RuntimeConfig(progress=False)
+    ingested = run_stage(Ingest, IngestConfig(), RawFilesInput.from_args([str(raw)]),
+                         str(tmp_path / "ingest"), runtime)
+    assert ingested.stats.rows_out == 32
+    config = PruneConfig(
+        embed=EmbedConfig(embedder=EmbedderConfig(device="cpu")),
+        clustering=ClusteringConfig(clusters=3), dedup=DedupConfig(semantic=False),
+        prototypes=PrototypeConfig(keep_fraction=1.0))
+    *_, selected = prune_flow(PruneParams(input=ingested.output, output=str(tmp_path / "prune"),
+                                          config=config, runtime=runtime))
+    kept = Dataset.open(selected.output).to_table()
+    rejected = Dataset.open(selected.output).rejected.to_table().to_pylist()
+    assert (kept.num_rows, len(rejected)) == (30, 2)
+    assert sorted(kept.column("text").to_pylist()) == sorted(passages)
+    kept_ids = set(kept.column("id").to_pylist())
+    for row in rejected:
+        assert row["reject_reason"] == "exact_duplicate"
+        assert row["duplicate_of"] in kept_ids and row["text"] in (passages[4], passages[21])

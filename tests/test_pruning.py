@@ -6,6 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from gristmill.scoring.duplicates import (
+    Duplicate,
+    exact_duplicates,
+    follow_survivors,
+    minhash_duplicates,
+)
 from gristmill.scoring.pruning import (
     assign,
     effective_clusters,
@@ -16,15 +22,8 @@ from gristmill.scoring.pruning import (
     train_spherical_kmeans,
 )
 from gristmill.scoring.semdedup import semdedup
-from gristmill.stages.dedup import (
-    DedupConfig,
-    Duplicate,
-    exact_duplicates,
-    minhash_duplicates,
-    semantic_duplicates,
-)
+from gristmill.stages.dedup import DedupConfig, semantic_pass
 from gristmill.stages.embed import vector_array
-from gristmill.stages.prune import resolve_survivors
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
@@ -157,9 +156,9 @@ def test_exact_and_minhash_passes_keep_the_smallest_id_in_any_order() -> None:
 def test_duplicate_chains_point_at_the_row_that_was_kept() -> None:
     removed = {"c": Duplicate("near_duplicate", "b", 0.9),
                "b": Duplicate("semantic_duplicate", "a", 0.97)}
-    resolved = resolve_survivors(removed)
-    assert resolved["c"].kept_id == "a" and resolved["c"].matched_id == "b"
-    assert resolved["b"].kept_id == "a"
+    resolved = follow_survivors(removed)
+    assert resolved["c"].duplicate_of == "a" and resolved["c"].matched == "b"
+    assert resolved["b"].duplicate_of == "a" and resolved["b"].matched == ""
 
 
 def scored_dataset(uri: str, order: np.ndarray, shard_rows: int) -> Dataset:
@@ -179,9 +178,9 @@ def test_semantic_decisions_do_not_depend_on_shard_layout(tmp_path) -> None:
     config = DedupConfig(eps=0.01, spill_rows=7, block_rows=5)
     identity = np.arange(45)
     shuffled = np.random.default_rng(1).permutation(45)
-    first = semantic_duplicates(scored_dataset(str(tmp_path / "a"), identity, 45), {}, config,
-                                id_column="id", vector_column="embedding")
-    second = semantic_duplicates(scored_dataset(str(tmp_path / "b"), shuffled, 4), {}, config,
-                                 id_column="id", vector_column="embedding")
+    first = semantic_pass(scored_dataset(str(tmp_path / "a"), identity, 45), {}, config,
+                          id_column="id", vector_column="embedding")
+    second = semantic_pass(scored_dataset(str(tmp_path / "b"), shuffled, 4), {}, config,
+                           id_column="id", vector_column="embedding")
     assert first == second
     assert len(first) > 0

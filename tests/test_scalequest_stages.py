@@ -258,7 +258,9 @@ def test_exact_and_near_duplicates_keep_the_first_by_id() -> None:
     ids = list(texts)
     signatures = MinHasher().signatures([texts[i] for i in ids])
     drops = duplicate_drops(ids, [exact_key(texts[i]) for i in ids], signatures, 0.6)
-    assert drops == {"b": ["exact_duplicate", "a"], "c": ["near_duplicate", "a"]}
+    assert {row: drop[:2] for row, drop in drops.items()} == {
+        "b": ["exact_duplicate", "a"], "c": ["near_duplicate", "a"]}
+    assert drops["c"][2].startswith("jaccard ") and drops["c"][2].endswith(" to a")
     shuffled = ids[::-1]
     assert duplicate_drops(shuffled, [exact_key(texts[i]) for i in shuffled],
                            MinHasher().signatures([texts[i] for i in shuffled]), 0.6) == drops
@@ -424,7 +426,9 @@ def test_dedup_plan_is_carried_by_the_select_config_and_pinned_by_hash(tmp_path:
     select.setup()
     split = select.process(Dataset.open(scored_uri).to_table())
     assert split.rejected.column("id").to_pylist() == ["q1"]
+    assert split.rejected.column("duplicate_of").to_pylist() == ["q0"]
     assert split.rejected.column("reject_detail").to_pylist() == ["duplicate of q0"]
+    assert split.rejected.schema == select.rejected_schema(Dataset.open(scored_uri).schema)
     (tmp_path / "drops.json").write_text("{}")
     with pytest.raises(ValueError, match="changed since it was planned"):
         QuestionDedupSelect(config).setup()

@@ -6,7 +6,8 @@ hash into stage configs; loaded models never live on them.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, Protocol, Self, runtime_checkable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NamedTuple, Protocol, Self, runtime_checkable
 
 from pydantic import Field, model_validator
 
@@ -17,6 +18,18 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 FinishReason = Literal["stop", "length"]
 
 DEFAULT_GGUF_CACHE = "~/.cache/gristmill/gguf"
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    """Marks a config field that names a model on disk (`Annotated[str | None, ModelPath()]`):
+    cache keys take the model's content in its place, so a moved copy is reused and new
+    weights at the same path are not (see gristmill.inference.identity)."""
+
+    embedded: Literal["llm", "embedder"] | None = None
+    """The packaged model that None stands for; unset: None means no model."""
+    file_field: str | None = None
+    """A sibling field naming the one file inside the folder that is the model (a GGUF)."""
 
 
 class InferenceError(RuntimeError):
@@ -58,7 +71,7 @@ class GeneratorConfig(FrozenModel):
     """Which causal LM to run and how to decode; the same config drives every backend."""
 
     backend: Literal["transformers", "vllm"] = "transformers"
-    model: str | None = Field(
+    model: Annotated[str | None, ModelPath(embedded="llm", file_field="gguf_file")] = Field(
         default=None, description="HF model folder or .gguf file; None = embedded SmolLM2-135M")
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model`")
     device: Device = "auto"
@@ -98,7 +111,7 @@ class GeneratorConfig(FrozenModel):
 class EmbedderConfig(FrozenModel):
     """Which sentence-transformers model embeds text, and how."""
 
-    model: str | None = Field(
+    model: Annotated[str | None, ModelPath(embedded="embedder")] = Field(
         default=None, description="sentence-transformers folder; None = embedded all-MiniLM-L6-v2")
     device: Device = "auto"
     batch_size: int = Field(default=64, ge=1)

@@ -1,9 +1,13 @@
 """After retrieval (MassiveDS): subsample, drop short passages, decontaminate, dedup, rerank.
 
 Candidates are walked best first and each filter only looks at what survived the ones
-before, so the work stops once k passages are kept. Subsampling is a coin flip per passage
-keyed by (seed, passage id): the same coin a datastore subsampled before indexing would use,
-so the top-k matches that smaller datastore whenever at least k of the K candidates survive.
+before, so the work stops once k passages are kept. Near duplicates are grouped by the
+same MinHash dedup prune and question dedup use (scoring/duplicates.py), ranked by result
+order, so each group's best-scoring passage is the one returned; the groups are formed over
+the shortest run of filtered candidates that holds enough survivors. Subsampling is a coin
+flip per passage keyed by (seed, passage id): the same coin a datastore subsampled before
+indexing would use, so the top-k matches that smaller datastore whenever at least k of the
+K candidates survive.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import xxhash
 from pydantic import BaseModel, Field
 
 from gristmill.config import FrozenModel
-from gristmill.scoring.near_dup import MinHasher, jaccard, ngram_overlap
+from gristmill.scoring.duplicates import minhash_duplicates
+from gristmill.scoring.near_dup import MinHasher, ngram_overlap
 
 COIN_SCALE = float(2 ** 64)
 
@@ -80,20 +85,23 @@ def contaminated(text: str, evals: Sequence[str], n: int, threshold: float) -> b
                for e in evals)
 
 
-class NearDupFilter:
-    """Greedy MinHash dedup: a passage too similar to one already kept is dropped."""
+class NearDupGroups:
+    """MinHash near-duplicate groups over the passages admitted so far, in result order:
+    each group's first (best-scoring) passage survives."""
 
     def __init__(self, options: SearchOptions) -> None:
         self.hasher = MinHasher(num_perm=options.minhash_perms, ngram=options.minhash_ngram)
         self.threshold = options.dedup_threshold
-        self.kept: list[np.ndarray] = []
+        self.signatures: list[np.ndarray] = []
 
-    def admit(self, text: str) -> bool:
-        signature = self.hasher.signatures([text])[0]
-        if self.kept and np.max(jaccard(np.stack(self.kept), signature)) > self.threshold:
-            return False
-        self.kept.append(signature)
-        return True
+    def add(self, text: str) -> None:
+        self.signatures.append(self.hasher.signatures([text])[0])
+
+    def survivors(self, hits: list[Hit]) -> list[Hit]:
+        ids = [str(position) for position in range(len(hits))]
+        removed = minhash_duplicates(ids, np.stack(self.signatures), self.threshold,
+                                     rank=range(len(hits)))
+        return [hit for key, hit in zip(ids, hits, strict=True) if key not in removed]
 
 
 Fetch = Callable[[int, int], Passage]
@@ -104,11 +112,13 @@ def select(scores: np.ndarray, shards: np.ndarray, rows: np.ndarray, fetch: Fetc
            options: SearchOptions, evals: Sequence[str],
            rescore: Rescore | None = None) -> list[Hit]:
     """One query's candidates (best first) -> its top-k hits after every filter."""
-    want = options.rerank_depth if rescore is not None else options.k
-    dedup = NearDupFilter(options) if options.dedup else None
+    want = max(options.rerank_depth if rescore is not None else options.k, options.k)
+    groups = NearDupGroups(options) if options.dedup else None
+    passed: list[Hit] = []
     kept: list[Hit] = []
+    check_at = want
     for score, shard, row in zip(scores, shards, rows, strict=True):
-        if len(kept) >= max(want, options.k):
+        if len(kept) >= want:
             break
         passage = fetch(int(shard), int(row))
         if options.subsample is not None and not coin(options.seed, passage.id,
@@ -119,10 +129,15 @@ def select(scores: np.ndarray, shards: np.ndarray, rows: np.ndarray, fetch: Fetc
         if evals and contaminated(passage.text, evals, options.decontam_ngram,
                                   options.decontam_threshold):
             continue
-        if dedup is not None and not dedup.admit(passage.text):
-            continue
-        kept.append(Hit(score=float(score), shard_id=int(shard), row=int(row),
-                        **passage.model_dump()))
+        passed.append(Hit(score=float(score), shard_id=int(shard), row=int(row),
+                          **passage.model_dump()))
+        if groups is not None:
+            groups.add(passage.text)
+        if len(passed) >= check_at:
+            kept = groups.survivors(passed) if groups is not None else passed
+            check_at = len(passed) + want - len(kept)
+    if len(kept) < want:
+        kept = groups.survivors(passed) if groups is not None and passed else passed
     if rescore is not None and kept:
         exact = rescore(kept)
         kept = [h.model_copy(update={"score": float(s)}) for h, s in zip(kept, exact, strict=True)]
