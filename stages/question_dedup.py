@@ -8,9 +8,10 @@ Three passes, so the global part is an explicit barrier:
    decides which rows are exact or near duplicates with scoring/duplicates.py (the one
    dedup every stage uses: each group keeps one row, by its survivor rule); it writes that
    drop list to a file and returns a select config carrying its path and hash.
-3. `QuestionDedupSelect` (map) drops the listed duplicates, each naming the question its
-   group keeps in `duplicate_of`, and anything over the decontamination thresholds, each
-   with its reason.
+3. `QuestionDedupSelect` (map) drops anything over the decontamination thresholds and the
+   listed duplicates, each naming the question its group keeps in `duplicate_of`, each
+   with its reason. Contaminated questions are left out of the grouping, so a kept copy
+   is never one this step rejects.
 """
 
 from __future__ import annotations
@@ -152,10 +153,21 @@ class QuestionDedupSelectConfig(StageConfig):
     """Carries the global decision (a drop-list file pinned by its hash) and the
     decontamination thresholds; None switches a threshold off."""
 
-    drop_list: str | None = Field(default=None, description="JSON {id: [reason, kept_id]}")
+    drop_list: str | None = Field(default=None,
+                                  description="JSON {id: [reason, kept_id, detail]}")
     drop_list_sha256: str | None = None
     max_bench_ngram_overlap: float | None = Field(default=0.5, ge=0, le=1)
     max_bench_embed_sim: float | None = Field(default=0.9, ge=-1, le=1)
+
+    def contamination(self, overlap: float | None, sim: float | None) -> str | None:
+        """The reject reason for a question this close to the benchmark, or None."""
+        if self.max_bench_ngram_overlap is not None and overlap is not None \
+                and overlap > self.max_bench_ngram_overlap:
+            return "benchmark_ngram"
+        if self.max_bench_embed_sim is not None and sim is not None \
+                and sim > self.max_bench_embed_sim:
+            return "benchmark_embedding"
+        return None
 
 
 class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
@@ -195,18 +207,17 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
                     "id", "bench_ngram_overlap", "bench_embed_sim", "bench_ngram_nearest",
                     "bench_embed_nearest")), strict=True):
             survivors.append(None)
-            if row_id in self.drops:
+            contamination = cfg.contamination(overlap, sim)
+            if contamination == "benchmark_ngram":
+                reasons.append(contamination)
+                details.append(f"n-gram overlap {overlap:.2f} with: {(ngram_near or '')[:120]}")
+            elif contamination == "benchmark_embedding":
+                reasons.append(contamination)
+                details.append(f"cosine {sim:.3f} with: {(embed_near or '')[:120]}")
+            elif row_id in self.drops:
                 reason, survivors[-1], detail = self.drops[row_id]
                 reasons.append(reason)
                 details.append(detail)
-            elif cfg.max_bench_ngram_overlap is not None and overlap is not None \
-                    and overlap > cfg.max_bench_ngram_overlap:
-                reasons.append("benchmark_ngram")
-                details.append(f"n-gram overlap {overlap:.2f} with: {(ngram_near or '')[:120]}")
-            elif cfg.max_bench_embed_sim is not None and sim is not None \
-                    and sim > cfg.max_bench_embed_sim:
-                reasons.append("benchmark_embedding")
-                details.append(f"cosine {sim:.3f} with: {(embed_near or '')[:120]}")
             else:
                 reasons.append(None)
                 details.append(None)
@@ -235,21 +246,28 @@ def duplicate_drops(ids: list[str], keys: list[str], signatures: np.ndarray,
 def plan_question_dedup(scored_uri: str, drop_list_uri: str, threshold: float = 0.7,
                         base: QuestionDedupSelectConfig | None = None
                         ) -> QuestionDedupSelectConfig:
-    """The barrier: stream ids, keys and signatures, decide duplicates, write the drop list,
-    and return the select config that carries it."""
+    """The barrier: stream ids, keys, signatures and benchmark scores, decide duplicates
+    among the questions the select step will not reject as contaminated (so no
+    `duplicate_of` names a question that step drops), write the drop list, and return the
+    select config that carries it."""
+    base = base or QuestionDedupSelectConfig()
     ids: list[str] = []
     keys: list[str] = []
     rows: list[np.ndarray] = []
-    for batch in Dataset.open(scored_uri).iter_batches(columns=["id", "dedup_key", "minhash"]):
-        ids += batch.column("id").to_pylist()
-        keys += batch.column("dedup_key").to_pylist()
+    columns = ["id", "dedup_key", "minhash", "bench_ngram_overlap", "bench_embed_sim"]
+    for batch in Dataset.open(scored_uri).iter_batches(columns=columns):
+        clean = np.array([base.contamination(overlap, sim) is None for overlap, sim in zip(
+            batch.column("bench_ngram_overlap").to_pylist(),
+            batch.column("bench_embed_sim").to_pylist(), strict=True)], bool)
+        ids += [i for i, c in zip(batch.column("id").to_pylist(), clean, strict=True) if c]
+        keys += [k for k, c in zip(batch.column("dedup_key").to_pylist(), clean,
+                                   strict=True) if c]
         flat = batch.column("minhash").flatten().to_numpy(zero_copy_only=False)
         if batch.num_rows:
-            rows.append(flat.reshape(batch.num_rows, -1))
+            rows.append(flat.reshape(batch.num_rows, -1)[clean])
     signatures = np.concatenate(rows) if rows else np.zeros((0, 1), np.uint64)
     drops = duplicate_drops(ids, keys, signatures, threshold)
     data = json.dumps(drops, sort_keys=True).encode()
     write_bytes_atomic(resolve(drop_list_uri), data)
-    base = base or QuestionDedupSelectConfig()
     return base.with_(drop_list=resolve(drop_list_uri).uri(),
                       drop_list_sha256=hashlib.sha256(data).hexdigest())

@@ -214,3 +214,24 @@ def test_kept_ids_are_the_same_for_any_shard_size_and_worker_count(tmp_path: Pat
                         sorted(i for i in table.column("id").to_pylist() if i not in removed)))
     assert results[0] == results[1]
     assert len(results[0][0]) == 25 and len(results[0][1]) == 20
+
+
+def test_a_contaminated_question_is_never_the_copy_its_group_keeps(tmp_path: Path) -> None:
+    """q0 and q1 are one question; q0 (the smaller id, so the survivor by id) is also too
+    close to the benchmark, so the select step rejects it: the group must keep q1."""
+    signature = HASHER.signatures(["Tom has 3 apples and buys 4 more."])[0]
+    scored = pa.table({
+        "id": ["q0", "q1", "q2"], "dedup_key": ["k", "k", "other"],
+        "minhash": pa.array([signature, signature, signature[::-1].copy()],
+                            pa.list_(pa.uint64())),
+        "bench_ngram_overlap": pa.array([0.9, 0.1, 0.0], pa.float32()),
+        "bench_embed_sim": pa.array([None, None, None], pa.float32()),
+        "bench_ngram_nearest": ["a benchmark question", None, None],
+        "bench_embed_nearest": pa.array([None, None, None], pa.string())})
+    write_table(str(tmp_path / "scored"), scored)
+    stage = QuestionDedupSelect(plan_question_dedup(str(tmp_path / "scored"),
+                                                    str(tmp_path / "drops.json")))
+    stage.setup()
+    split = stage.process(scored)
+    assert split.kept.column("id").to_pylist() == ["q1", "q2"]
+    assert split.rejected.column("reject_reason").to_pylist() == ["benchmark_ngram"]
