@@ -20,6 +20,7 @@ later pass removed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -46,8 +47,22 @@ class Duplicate(NamedTuple):
 Duplicates = dict[str, Duplicate]
 
 
+class RepeatedIdError(ValueError):
+    """Two rows share an id: decisions key on ids, so a shared id would take every row
+    that carries it with one decision."""
+
+
+def require_unique(ids: Sequence[str]) -> None:
+    if len(set(ids)) != len(ids):
+        repeated = next(i for i, count in Counter(ids).items() if count > 1)
+        raise RepeatedIdError(
+            f"id {repeated!r} is on more than one row: dedup needs an id per row (re-ingest "
+            "data whose ids are content hashes, as gristmill's were before text_hash)")
+
+
 def survivor_order(ids: Sequence[str], rank: Sequence[Any] | None = None) -> np.ndarray:
     """Row indices in survivor order: by rank (when given), then by id."""
+    require_unique(ids)
     if rank is None:
         return np.argsort(np.asarray(ids, dtype=object), kind="stable")
     return np.array(sorted(range(len(ids)), key=lambda i: (rank[i], ids[i])), np.int64)
@@ -85,6 +100,7 @@ def semantic_duplicates(ids: Sequence[str], vectors: np.ndarray, distances: np.n
                         eps: float, *, survivor: Survivor = "farthest",
                         block_rows: int = 4096) -> Duplicates:
     """SemDeDup over one cluster's rows: cosine > 1 - eps to a kept row removes a row."""
+    require_unique(ids)
     result = semdedup(vectors, distances, eps, survivor=survivor,
                       tiebreak=tiebreak_keys(list(ids)), block_rows=block_rows)
     return {ids[row]: Duplicate("semantic_duplicate", ids[int(result.duplicate_of[row])],

@@ -32,6 +32,7 @@ from gristmill.inference import (
     GeneratorConfig,
     ModelNotFoundError,
     ModelPath,
+    PinnedPath,
     TransformersGenerator,
 )
 from gristmill.scoring import text_stats
@@ -189,7 +190,7 @@ class EmbeddingClassifierScorerConfig(_Config):
 
     kind: Literal["embedding_classifier"] = "embedding_classifier"
     text_column: str = "text"
-    classifier: str = Field(description="URI of the trained head (.npz)")
+    classifier: Annotated[str, PinnedPath()] = Field(description="URI of the trained head (.npz)")
     classifier_sha256: str = Field(description="Content hash of that file, checked on load")
     embedder: EmbedderConfig = EmbedderConfig(max_seq_length=256)
 

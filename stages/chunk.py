@@ -25,6 +25,7 @@ from gristmill.stages.base import (
     attach_reasons,
     require_columns,
 )
+from gristmill.stages.ingest import text_hash
 
 ADDED = {"parent_id": pa.string(), "passage_index": pa.int32(), "word_count": pa.int32(),
          "shard_id": pa.int32()}
@@ -106,6 +107,9 @@ class Chunk(MapStage[ChunkConfig]):
                                pa.array(out["text"], batch.schema.field(cfg.text_column).type))
         kept = kept.set_column(kept.schema.get_field_index(cfg.id_column), cfg.id_column,
                                pa.array(out["id"], batch.schema.field(cfg.id_column).type))
+        if "text_hash" in kept.column_names:  # a passage's content is its own text
+            kept = kept.set_column(kept.schema.get_field_index("text_hash"), "text_hash",
+                                   pa.array([text_hash(t) for t in out["text"]], pa.string()))
         for name, dtype in ADDED.items():
             kept = kept.append_column(pa.field(name, dtype), pa.array(out[name], dtype))
         rejected = attach_reasons(batch.take(pa.array(empty, pa.int64())),

@@ -108,10 +108,10 @@ class RawFilesInput:
             raise IngestInputError("nothing to ingest: no files were found")
         seen: dict[tuple[str, str], str] = {}
         for raw in files:
-            if (raw.source, raw.name) in seen:
+            if (raw.source, raw.name) in seen or raw.path in seen.values():
                 raise IngestInputError(
-                    f"{raw.path} and {seen[raw.source, raw.name]} are both {raw.name!r} of "
-                    f"source {raw.source!r}: name each file once (row ids would repeat)")
+                    f"{raw.path} is named more than once (as {raw.name!r} of source "
+                    f"{raw.source!r}): name each file once, so no record is ingested twice")
             seen[raw.source, raw.name] = raw.path
         self.files = files
         self._refs: list[InputRef] | None = None
@@ -176,6 +176,7 @@ def _expand(arg: str, fmt: RawFormat | None, text_field: str) -> list[RawFile]:
                         text_field=resolved.spec.text_field,
                         meta=resolved.spec.file_metadata(path))
                 for path in resolved.files]
+    arg = os.path.normpath(arg)  # "data/", "./data" and "data" are one source
     if os.path.isdir(arg):
         root = arg
         paths = sorted(str(p) for p in Path(arg).rglob("*") if p.is_file())

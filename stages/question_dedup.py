@@ -153,11 +153,16 @@ class QuestionDedupSelectConfig(StageConfig):
     """Carries the global decision (a drop-list file pinned by its hash) and the
     decontamination thresholds; None switches a threshold off."""
 
-    drop_list: str | None = Field(default=None,
-                                  description="JSON {id: [reason, kept_id, detail]}")
+    drop_list: str | None = Field(
+        default=None, description="JSON {thresholds: the two below, as planned with; drops: "
+                                  "{id: [reason, id of the kept copy, detail]}}")
     drop_list_sha256: str | None = None
     max_bench_ngram_overlap: float | None = Field(default=0.5, ge=0, le=1)
     max_bench_embed_sim: float | None = Field(default=0.9, ge=-1, le=1)
+
+    def thresholds(self) -> dict[str, float | None]:
+        return {"max_bench_ngram_overlap": self.max_bench_ngram_overlap,
+                "max_bench_embed_sim": self.max_bench_embed_sim}
 
     def contamination(self, overlap: float | None, sim: float | None) -> str | None:
         """The reject reason for a question this close to the benchmark, or None."""
@@ -182,7 +187,12 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
             if digest != cfg.drop_list_sha256:
                 raise ValueError(f"drop list {cfg.drop_list} changed since it was planned "
                                  f"(sha256 {digest} != {cfg.drop_list_sha256})")
-            self.drops = json.loads(data)
+            plan = json.loads(data)
+            if plan["thresholds"] != cfg.thresholds():
+                raise ValueError(f"drop list {cfg.drop_list} was planned with thresholds "
+                                 f"{plan['thresholds']}, this step has {cfg.thresholds()}: "
+                                 "plan again, so no kept copy is a question this step rejects")
+            self.drops = plan["drops"]
 
     def check_input(self, schema: pa.Schema) -> None:
         require_columns(schema, self.name, {"id": STRING_TYPES,
@@ -267,7 +277,7 @@ def plan_question_dedup(scored_uri: str, drop_list_uri: str, threshold: float = 
             rows.append(flat.reshape(batch.num_rows, -1)[clean])
     signatures = np.concatenate(rows) if rows else np.zeros((0, 1), np.uint64)
     drops = duplicate_drops(ids, keys, signatures, threshold)
-    data = json.dumps(drops, sort_keys=True).encode()
+    data = json.dumps({"thresholds": base.thresholds(), "drops": drops}, sort_keys=True).encode()
     write_bytes_atomic(resolve(drop_list_uri), data)
     return base.with_(drop_list=resolve(drop_list_uri).uri(),
                       drop_list_sha256=hashlib.sha256(data).hexdigest())

@@ -28,9 +28,9 @@ from gristmill.inference import (
     ModelPath,
     identity,
 )
-from gristmill.inference.identity import identity_cache_file, model_identity
+from gristmill.inference.identity import identity_cache_file, identity_payload, model_identity
 from gristmill.inference.models import embedded_embedder, embedded_llm, resolve_generator_source
-from gristmill.scoring.quality import ClipScorerConfig
+from gristmill.scoring.quality import ClipScorerConfig, EmbeddingClassifierScorerConfig
 from gristmill.stages.answer_select import AnswerSelectConfig
 from gristmill.stages.base import (
     AddColumnsStage,
@@ -369,3 +369,14 @@ def test_a_comment_edit_in_a_reached_module_reuses_the_run(probe: Probe, tmp_pat
     changed = run_stage(probe.load(EDITS["code"]), StageConfig(), source, out, QUIET)
     assert not changed.reused
     assert Dataset.open(out).to_table(columns=["scaled"]).column(0).to_pylist() == [9, 9, 15]
+
+
+def test_a_path_pinned_by_its_checksum_is_left_out_of_the_key() -> None:
+    """A classifier head is pinned by its sha256: moving the file keeps the key, other
+    content (another sha256) changes it."""
+    def payload(uri: str, sha256: str) -> dict:
+        return identity_payload(EmbeddingClassifierScorerConfig(
+            classifier=uri, classifier_sha256=sha256, embedder=EmbedderConfig(model=None)))
+    assert payload("/old/head.npz", "a" * 64) == payload("s3://new/head.npz", "a" * 64)
+    assert payload("/old/head.npz", "a" * 64) != payload("/old/head.npz", "b" * 64)
+    assert "classifier" not in payload("/old/head.npz", "a" * 64)

@@ -24,6 +24,17 @@ def docs(texts: list[str], **extra: list) -> pa.Table:
                      "source": ["test"] * len(texts), **extra})
 
 
+def test_each_passage_carries_the_content_hash_of_its_own_text() -> None:
+    document = words(300)
+    split = Chunk(ChunkConfig(words_per_passage=100, merge_tail_below=0)).process(
+        docs([document, document], text_hash=["whole-document-hash"] * 2))
+    hashes = split.kept.column("text_hash").to_pylist()
+    texts = split.kept.column("text").to_pylist()
+    assert len(set(hashes)) == 3 and "whole-document-hash" not in hashes
+    assert all((a == b) == (s == t) for a, s in zip(hashes, texts, strict=True)
+               for b, t in zip(hashes, texts, strict=True))
+
+
 def test_split_words_merges_short_tail_only() -> None:
     assert [len(p) for p in split_words(words(600), 256, 128)] == [256, 344]
     assert [len(p) for p in split_words(words(700), 256, 128)] == [256, 256, 188]

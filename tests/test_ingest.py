@@ -114,6 +114,20 @@ def test_a_file_named_twice_is_refused(tmp_path: Path) -> None:
     raw.write_text('{"text": "x"}\n')
     with pytest.raises(IngestInputError, match="name each file once"):
         RawFilesInput.from_args([str(raw), str(raw)])
+    with pytest.raises(IngestInputError, match="name each file once"):
+        RawFilesInput.from_args([str(tmp_path), str(raw)])
+
+
+def test_spellings_of_one_folder_are_one_source(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    keys = set()
+    for spelling in ("raw", "raw/", "./raw", "raw/../raw"):
+        source = RawFilesInput.from_args([spelling])
+        keys.add(next(source.read_unit(source.units()[0], 10)).column("record_key")[0].as_py())
+    assert keys == {"raw\na.jsonl\n1"}
 
 
 def test_metadata_is_kept_as_json_and_promoted_fields_become_columns() -> None:

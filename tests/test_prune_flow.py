@@ -85,7 +85,7 @@ def test_clustering_an_empty_embedding_set_says_why(tmp_path: Path) -> None:
         build_centroids(uri, PruneConfig(), str(tmp_path / "centroids"))
 
 
-def test_select_rejects_listed_ids_with_reason_kept_id_and_score(tmp_path: Path) -> None:
+def test_select_rejects_listed_ids_with_reason_survivor_and_score(tmp_path: Path) -> None:
     uri = str(tmp_path / "decisions")
     write_table(uri, pa.table({
         "id": ["b", "c"], "reason": ["semantic_duplicate", "pruned_easy"],

@@ -429,6 +429,8 @@ def test_dedup_plan_is_carried_by_the_select_config_and_pinned_by_hash(tmp_path:
     assert split.rejected.column("duplicate_of").to_pylist() == ["q0"]
     assert split.rejected.column("reject_detail").to_pylist() == ["duplicate of q0"]
     assert split.rejected.schema == select.rejected_schema(Dataset.open(scored_uri).schema)
+    with pytest.raises(ValueError, match="plan again"):
+        QuestionDedupSelect(config.with_(max_bench_ngram_overlap=0.9)).setup()
     (tmp_path / "drops.json").write_text("{}")
     with pytest.raises(ValueError, match="changed since it was planned"):
         QuestionDedupSelect(config).setup()

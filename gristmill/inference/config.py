@@ -32,6 +32,12 @@ class ModelPath:
     """A sibling field naming the one file inside the folder that is the model (a GGUF)."""
 
 
+@dataclass(frozen=True)
+class PinnedPath:
+    """Marks a path whose content a sibling checksum field already pins (a classifier head
+    and its sha256): cache keys leave the path out, so a moved copy is reused."""
+
+
 class InferenceError(RuntimeError):
     """Base of the errors this package raises on purpose."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import xxhash
 from pydantic import BaseModel
 
-from gristmill.inference.config import ModelPath
+from gristmill.inference.config import ModelPath, PinnedPath
 from gristmill.inference.models import embedded_embedder, embedded_llm
 from gristmill.sources.cache import cache_dir
 from gristmill.storage.fs import resolve, write_bytes_atomic
@@ -141,9 +141,9 @@ def _identity_entry(value: str | None, marker: ModelPath,
                 "file": file_name}
 
 
-def _marker(model: BaseModel, name: str) -> ModelPath | None:
+def _marker(model: BaseModel, name: str) -> ModelPath | PinnedPath | None:
     field = type(model).model_fields[name]
-    return next((m for m in field.metadata if isinstance(m, ModelPath)), None)
+    return next((m for m in field.metadata if isinstance(m, ModelPath | PinnedPath)), None)
 
 
 def _replace_models(model: BaseModel, dump: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +151,11 @@ def _replace_models(model: BaseModel, dump: dict[str, Any]) -> dict[str, Any]:
         if name not in dump:
             continue
         value = getattr(model, name)
-        if (marker := _marker(model, name)) is None:
+        marker = _marker(model, name)
+        if isinstance(marker, PinnedPath):
+            dump.pop(name)  # its checksum field stays in the payload
+            continue
+        if marker is None:
             dump[name] = _walk(value, dump[name])
             continue
         file_name = getattr(model, marker.file_field) if marker.file_field else None
@@ -173,5 +177,6 @@ def _walk(value: Any, dumped: Any) -> Any:
 
 def identity_payload(config: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
     """The config's JSON dump for hashing: every `ModelPath` field, however deeply nested,
-    becomes its model's content identity, so the path itself never enters a cache key."""
+    becomes its model's content identity and every `PinnedPath` is left out, so no path
+    enters a cache key."""
     return _replace_models(config, config.model_dump(mode="json", exclude=exclude))

@@ -4,10 +4,11 @@ Candidates are walked best first and each filter only looks at what survived the
 before, so the work stops once k passages are kept. Near duplicates are grouped by the
 same MinHash dedup prune and question dedup use (scoring/duplicates.py), ranked by result
 order, so each group's best-scoring passage is the one returned; the groups are formed over
-the shortest run of filtered candidates that holds enough survivors. Subsampling is a coin
-flip per passage keyed by (seed, passage id): the same coin a datastore subsampled before
-indexing would use, so the top-k matches that smaller datastore whenever at least k of the
-K candidates survive.
+the filtered candidates walked so far, regrouped as the run grows by half (a few regroupings
+per query, however many candidates are duplicates) until it holds enough survivors.
+Subsampling is a coin flip per passage keyed by (seed, passage id): the same coin a
+datastore subsampled before indexing would use, so the top-k matches that smaller datastore
+whenever at least k of the K candidates survive.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class SearchOptions(FrozenModel):
                                description="IVF lists; None = datastore's")
     min_words: int = Field(default=13, ge=0, description="Drop passages with fewer words")
     dedup: bool = True
-    dedup_threshold: float = Field(default=0.8, ge=0, le=1, description="MinHash Jaccard")
+    dedup_threshold: float = Field(default=0.8, gt=0, lt=1,
+                                   description="MinHash Jaccard at which passages group")
     minhash_ngram: int = Field(default=13, ge=1, le=64)
     minhash_perms: int = Field(default=128, ge=1, le=1024)
     decontaminate_query: bool = Field(
@@ -135,7 +137,7 @@ def select(scores: np.ndarray, shards: np.ndarray, rows: np.ndarray, fetch: Fetc
             groups.add(passage.text)
         if len(passed) >= check_at:
             kept = groups.survivors(passed) if groups is not None else passed
-            check_at = len(passed) + want - len(kept)
+            check_at = len(passed) + max(want - len(kept), len(passed) // 2)
     if len(kept) < want:
         kept = groups.survivors(passed) if groups is not None and passed else passed
     if rescore is not None and kept:
