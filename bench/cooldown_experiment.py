@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from gristmill.loading.mixture import DomainSpec, MixtureConfig, MixtureStream
 from gristmill.scoring.temperature import ConstantSchedule, CooldownSchedule, temperature_probs
-from gristmill.storage.mixture import DomainSpec, MixtureConfig, MixtureStream
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 

@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gristmill.net import free_port
+from gristmill.retrieval.datastore import IndexSpec, build_from_arrays
 from gristmill.sources import resolve
-from gristmill.storage.datastore import IndexSpec, build_from_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = ROOT / ".gristmill" / "bench" / "datastore_api_load"

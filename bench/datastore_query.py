@@ -35,12 +35,12 @@ from rich.console import Console
 from rich.table import Table
 
 from gristmill.inference import Embedder, EmbedderConfig
+from gristmill.retrieval.datastore import Datastore, IndexSpec, build_from_arrays
 from gristmill.retrieval.postprocess import SearchOptions
 from gristmill.retrieval.retriever import Retriever
 from gristmill.retrieval.search import ThreadSearcher, search_candidates
 from gristmill.sources import resolve
 from gristmill.stages.chunk import Chunk, ChunkConfig
-from gristmill.storage.datastore import Datastore, IndexSpec, build_from_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = ROOT / ".gristmill" / "bench" / "datastore_query"

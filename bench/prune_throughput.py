@@ -36,8 +36,8 @@ from gristmill.scoring.near_dup import MinHasher, exact_key, near_duplicate_grou
 from gristmill.scoring.pruning import assign, l2_normalize, train_spherical_kmeans
 from gristmill.sources import resolve
 from gristmill.stages.dedup import DedupConfig, duplicate_decisions
-from gristmill.stages.embed import vector_array
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vector_array
 from gristmill.storage.writer import write_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_throughput.json"

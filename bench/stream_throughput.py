@@ -43,9 +43,9 @@ from rich.progress import Progress
 from rich.table import Table
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gristmill.loading.stream import ShardStream, StreamLoader, to_hf_iterable
 from gristmill.sources import resolve
 from gristmill.storage.reader import Dataset
-from gristmill.storage.stream import ShardStream, StreamLoader, to_hf_iterable
 from gristmill.storage.writer import write_table
 
 ROOT = Path(__file__).resolve().parent.parent

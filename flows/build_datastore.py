@@ -19,6 +19,7 @@ from gristmill.flows.report import cell
 from gristmill.flows.stage_task import run_stage_cached
 from gristmill.inference.embed import resolve_embedder_folder
 from gristmill.retrieval.build import BuildReport, Parallel, build_datastore_from
+from gristmill.retrieval.datastore import IndexSpec
 from gristmill.retrieval.plan import human_bytes
 from gristmill.retrieval.postprocess import Hit, SearchOptions
 from gristmill.retrieval.retriever import Retriever
@@ -27,7 +28,6 @@ from gristmill.stages.base import DatasetInput
 from gristmill.stages.chunk import Chunk, ChunkConfig
 from gristmill.stages.embed import Embed, EmbedConfig
 from gristmill.stages.runner import StageResult
-from gristmill.storage.datastore import IndexSpec
 
 
 class BuildDatastoreParams(FrozenModel):

@@ -29,6 +29,7 @@ from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.flows.prune import PruneParams, prune_flow
 from gristmill.flows.stage_task import run_stage_cached
 from gristmill.inference import GeneratorConfig
+from gristmill.loading.mixture import DomainSpec, MixtureConfig
 from gristmill.scoring.temperature import CooldownSchedule, Schedule
 from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.capsfusion import CapsFusionConfig
@@ -36,7 +37,6 @@ from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.partition import PartitionConfig, run_partition
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
-from gristmill.storage.mixture import DomainSpec, MixtureConfig
 
 
 class CaptionsStep(FrozenModel):

@@ -24,7 +24,6 @@ from gristmill.flows.plots import markdown_image
 from gristmill.flows.stage_task import run_stage_cached
 from gristmill.inference import EmbedderConfig
 from gristmill.scoring import scaling_laws as law
-from gristmill.scoring.quality import HeuristicScorerConfig, ScorerConfig
 from gristmill.stages.base import DatasetInput
 from gristmill.stages.quality_filter import (
     BudgetUnit,
@@ -41,6 +40,7 @@ from gristmill.stages.quality_filter import (
     selection,
     train_reference_classifier,
 )
+from gristmill.stages.quality_scorers import HeuristicScorerConfig, ScorerConfig
 from gristmill.stages.runner import StageResult
 from gristmill.storage.fs import resolve, write_bytes_atomic
 

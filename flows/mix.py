@@ -9,10 +9,10 @@ from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.plots import markdown_image, mixture_probabilities_png
+from gristmill.loading.mixture import MixtureConfig, MixtureStream
 from gristmill.stages.mix import run_mix
 from gristmill.stages.runner import StageResult
 from gristmill.storage.fs import resolve, write_bytes_atomic
-from gristmill.storage.mixture import MixtureConfig, MixtureStream
 
 
 class MixParams(FrozenModel):

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from gristmill.storage.mixture import MixturePlan
+from gristmill.loading.mixture import MixturePlan
 
 
 def mixture_probabilities_png(plan: MixturePlan, names: list[str], points: int = 200) -> bytes:

@@ -64,7 +64,7 @@ def fetch(names: Annotated[list[str] | None, typer.Argument(
 @app.command()
 def sources() -> None:
     """List the named sources that `ingest` understands."""
-    from gristmill.sources.registry import is_fetched, list_sources
+    from gristmill.sources.catalog import is_fetched, list_sources
 
     table = Table("source", "format", "fetched", "description")
     for spec in list_sources():

@@ -7,13 +7,12 @@ command-line overrides, and the form the Prefect UI renders.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gristmill.runtime import RayConfig
-from gristmill.storage.checksum import DEFAULT_CHECKSUM, ChecksumAlgorithm
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -32,8 +31,8 @@ class StorageConfig(FrozenModel):
 
     max_rows_per_shard: int = Field(default=100_000, ge=1)
     max_bytes_per_shard: int = Field(default=256 * 1024 * 1024, ge=1024)
-    checksum: ChecksumAlgorithm = Field(
-        default=DEFAULT_CHECKSUM,
+    checksum: Literal["xxh3_128", "sha256"] = Field(
+        default="xxh3_128",
         description="Shard checksum: xxh3_128 (fast, detects corruption) or sha256")
     verify_inputs: bool = Field(
         default=False, description="Check every input shard's checksum before a stage reads it")

@@ -29,8 +29,8 @@ from gristmill.scoring.duplicates import (
     text_duplicates,
 )
 from gristmill.scoring.semdedup import Survivor
-from gristmill.stages.embed import vectors_of
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vectors_of
 
 
 class DedupConfig(FrozenModel):

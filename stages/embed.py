@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import ClassVar, Self
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
@@ -28,6 +27,7 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
+from gristmill.storage.vectors import vector_array
 
 
 class EmbedConfig(StageConfig):
@@ -86,20 +86,6 @@ def embedding_dim(config: EmbedConfig) -> int:
         return embedder.dim
     finally:
         embedder.close()
-
-
-def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    """(n, dim) float32 -> Arrow fixed_size_list<float32, dim> without a Python loop."""
-    flat = pa.array(np.ascontiguousarray(vectors, np.float32).ravel(), pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-
-
-def vectors_of(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed_size_list<float32, dim> column -> (n, dim) float32 numpy, zero-copy per chunk."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    dim = column.type.list_size
-    parts = [chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) for chunk in chunks]
-    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
 class Embed(MapStage[EmbedConfig]):

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
+from gristmill.sources.catalog import list_sources, resolve
 from gristmill.stages.base import MapStage, Split, StageConfig, WorkUnit, attach_reasons
 from gristmill.stages.raw_formats import RawFormat, Record, guess_format, iter_records
 from gristmill.storage.manifest import InputRef, canonical_json
@@ -167,8 +168,6 @@ def _raw_table(rows: list[Record], raw: RawFile, meta: str) -> pa.Table:
 
 
 def _expand(arg: str, fmt: RawFormat | None, text_field: str) -> list[RawFile]:
-    from gristmill.sources.registry import list_sources, resolve
-
     if arg in {spec.name for spec in list_sources()}:
         resolved = resolve(arg)
         return [RawFile(path=str(path), name=path.relative_to(resolved.root).as_posix(),

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from gristmill.config import RuntimeConfig
+from gristmill.loading.mixture import MixtureConfig, MixtureStream
 from gristmill.stages.code_version import code_version
 from gristmill.stages.runner import (
     StageResult,
@@ -23,7 +24,6 @@ from gristmill.stages.runner import (
 )
 from gristmill.storage.fs import resolve
 from gristmill.storage.manifest import InputRef, Lineage, StageStats, content_sha256, load_manifest
-from gristmill.storage.mixture import MixtureConfig, MixtureStream
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import DatasetWriter
 

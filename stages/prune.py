@@ -49,7 +49,7 @@ from gristmill.stages.base import (
 )
 from gristmill.stages.code_version import code_version
 from gristmill.stages.dedup import DedupConfig, duplicate_decisions
-from gristmill.stages.embed import EmbedConfig, vector_array, vectors_of
+from gristmill.stages.embed import EmbedConfig
 from gristmill.storage.fs import Location, read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.manifest import (
     InputRef,
@@ -59,6 +59,7 @@ from gristmill.storage.manifest import (
     is_committed,
 )
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vector_array, vectors_of
 from gristmill.storage.writer import write_table
 
 SCORE_COLUMNS = ("cluster", "centroid_distance", "exact_key", "minhash")

@@ -27,16 +27,10 @@ from gristmill.config import FrozenModel
 from gristmill.inference import Embedder, EmbedderConfig, InferenceError
 from gristmill.scoring import scaling_laws as law
 from gristmill.scoring.quality import (
-    ClipScorerConfig,
-    EmbeddingClassifierScorerConfig,
-    HeuristicScorerConfig,
     LinearHead,
     QualityError,
-    Scorer,
-    ScorerConfig,
     assign_buckets,
     bucket_thresholds,
-    build_scorer,
     roc_auc,
     train_linear_head,
 )
@@ -50,6 +44,14 @@ from gristmill.stages.base import (
     reject_schema,
     require_columns,
     split_by_reasons,
+)
+from gristmill.stages.quality_scorers import (
+    ClipScorerConfig,
+    EmbeddingClassifierScorerConfig,
+    HeuristicScorerConfig,
+    Scorer,
+    ScorerConfig,
+    build_scorer,
 )
 from gristmill.storage.fs import read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.reader import Dataset

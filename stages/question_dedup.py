@@ -30,6 +30,7 @@ from gristmill.config import FrozenModel
 from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.scoring.duplicates import text_duplicates
 from gristmill.scoring.near_dup import MinHasher, exact_key, normalize_text, word_ngrams
+from gristmill.sources.catalog import resolve as resolve_source
 from gristmill.stages.base import (
     STRING_TYPES,
     ColumnTypes,
@@ -62,8 +63,6 @@ class BenchmarkSet(FrozenModel):
         if self.uri is not None:
             table = Dataset.open(self.uri).to_table(columns=[self.column])
             return [t for t in table.column(self.column).to_pylist() if t]
-        from gristmill.sources import resolve as resolve_source
-
         texts = []
         for path in resolve_source(self.source or "").files:
             with Path(path).open(encoding="utf-8") as lines:

@@ -30,7 +30,6 @@ from gristmill.inference import (
 )
 from gristmill.inference.identity import identity_cache_file, identity_payload, model_identity
 from gristmill.inference.models import embedded_embedder, embedded_llm, resolve_generator_source
-from gristmill.scoring.quality import ClipScorerConfig, EmbeddingClassifierScorerConfig
 from gristmill.stages.answer_select import AnswerSelectConfig
 from gristmill.stages.base import (
     AddColumnsStage,
@@ -43,6 +42,7 @@ from gristmill.stages.code_version import code_version, reachable_modules
 from gristmill.stages.embed import Embed, EmbedConfig
 from gristmill.stages.prune import PruneConfig, barrier_key
 from gristmill.stages.quality_filter import QualityScoreConfig
+from gristmill.stages.quality_scorers import ClipScorerConfig, EmbeddingClassifierScorerConfig
 from gristmill.stages.question_difficulty import DifficultyScoreConfig
 from gristmill.stages.runner import run_stage, stage_cache_key
 from gristmill.storage.reader import Dataset

@@ -12,10 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from gristmill.retrieval.postprocess import SearchOptions, coin
-from gristmill.retrieval.retriever import Retriever
-from gristmill.retrieval.search import ThreadSearcher, search_candidates
-from gristmill.storage.datastore import (
+from gristmill.retrieval.datastore import (
     MANIFEST,
     Datastore,
     DatastoreBuilder,
@@ -23,6 +20,9 @@ from gristmill.storage.datastore import (
     IndexSpec,
     build_from_arrays,
 )
+from gristmill.retrieval.postprocess import SearchOptions, coin
+from gristmill.retrieval.retriever import Retriever
+from gristmill.retrieval.search import ThreadSearcher, search_candidates
 
 DIM = 32
 

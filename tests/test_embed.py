@@ -10,15 +10,10 @@ from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.inference import EmbedderConfig
 from gristmill.inference.models import embedded_embedder
 from gristmill.stages.base import DatasetInput, Resources, StageInputError
-from gristmill.stages.embed import (
-    Embed,
-    EmbedConfig,
-    sentence_transformer_dim,
-    vector_array,
-    vectors_of,
-)
+from gristmill.stages.embed import Embed, EmbedConfig, sentence_transformer_dim
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vector_array, vectors_of
 from gristmill.storage.writer import write_table
 
 TEXTS = ["The cat sat on the mat.", "A kitten rested on the rug.",

@@ -21,9 +21,9 @@ from prefect.testing.utilities import prefect_test_harness
 from gristmill.config import RuntimeConfig
 from gristmill.flows.curate import CurateParams, MixStep, curate_flow
 from gristmill.flows.mix import MixParams, mix_flow
+from gristmill.loading.mixture import DomainSpec, MixtureConfig
 from gristmill.stages.base import StageInputError
 from gristmill.stages.text_filter import TextFilterConfig
-from gristmill.storage.mixture import DomainSpec, MixtureConfig
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 

@@ -12,15 +12,15 @@ from torch.utils.data import DataLoader
 
 from gristmill.config import RuntimeConfig
 from gristmill.flows.plots import mixture_probabilities_png
-from gristmill.scoring.temperature import ConstantSchedule, CooldownSchedule, temperature_probs
-from gristmill.stages.mix import run_mix
-from gristmill.storage.mixture import (
+from gristmill.loading.mixture import (
     DomainSpec,
     MixtureConfig,
     MixtureError,
     MixturePlan,
     MixtureStream,
 )
+from gristmill.scoring.temperature import ConstantSchedule, CooldownSchedule, temperature_probs
+from gristmill.stages.mix import run_mix
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 

@@ -20,7 +20,7 @@ from gristmill.inference import EmbedderConfig
 from gristmill.sources import resolve
 from gristmill.stages.base import StageInputError
 from gristmill.stages.dedup import DedupConfig
-from gristmill.stages.embed import EmbedConfig, vector_array
+from gristmill.stages.embed import EmbedConfig
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.prune import (
     DECISION_SCHEMA,
@@ -37,6 +37,7 @@ from gristmill.stages.prune import (
 )
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vector_array
 from gristmill.storage.writer import write_table
 
 PASSAGES = 24

@@ -23,8 +23,8 @@ from gristmill.scoring.pruning import (
 )
 from gristmill.scoring.semdedup import semdedup
 from gristmill.stages.dedup import DedupConfig, semantic_pass
-from gristmill.stages.embed import vector_array
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vector_array
 from gristmill.storage.writer import write_table
 
 

@@ -13,9 +13,6 @@ import pytest
 from gristmill.config import RuntimeConfig
 from gristmill.scoring import scaling_laws as law
 from gristmill.scoring.quality import (
-    ClipScorerConfig,
-    EmbeddingClassifierScorerConfig,
-    HeuristicScorerConfig,
     LinearHead,
     QualityError,
     assign_buckets,
@@ -39,6 +36,11 @@ from gristmill.stages.quality_filter import (
     cut_buckets,
     decide,
     selection,
+)
+from gristmill.stages.quality_scorers import (
+    ClipScorerConfig,
+    EmbeddingClassifierScorerConfig,
+    HeuristicScorerConfig,
 )
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset

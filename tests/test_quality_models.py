@@ -19,12 +19,7 @@ from prefect.testing.utilities import prefect_test_harness
 from gristmill.config import RuntimeConfig
 from gristmill.flows.filter_quality import FilterQualityParams, filter_quality_flow
 from gristmill.inference import Embedder, EmbedderConfig
-from gristmill.scoring.quality import (
-    ClipScorerConfig,
-    PerplexityScorer,
-    PerplexityScorerConfig,
-    roc_auc,
-)
+from gristmill.scoring.quality import roc_auc
 from gristmill.sources import resolve
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.quality_filter import (
@@ -36,6 +31,11 @@ from gristmill.stages.quality_filter import (
     load_head,
     reference_texts,
     train_reference_classifier,
+)
+from gristmill.stages.quality_scorers import (
+    ClipScorerConfig,
+    PerplexityScorer,
+    PerplexityScorerConfig,
 )
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pytest
 
 from gristmill.inference import Embedder, EmbedderConfig
+from gristmill.retrieval.datastore import IndexSpec, build_from_arrays
 from gristmill.retrieval.embed_batcher import EmbedBatcher, EmbedFn
 from gristmill.retrieval.postprocess import SearchOptions
 from gristmill.retrieval.retriever import Retriever
 from gristmill.retrieval.server import ServerConfig, serve_in_thread
 from gristmill.sources import resolve
-from gristmill.storage.datastore import IndexSpec, build_from_arrays
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -17,12 +17,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from gristmill.storage import stream as stream_module
-from gristmill.storage.errors import SchemaMismatchError
-from gristmill.storage.reader import Dataset
-from gristmill.storage.sample_order import SampleOrder
-from gristmill.storage.shard_cache import ShardCache
-from gristmill.storage.stream import (
+from gristmill.loading import stream as stream_module
+from gristmill.loading.sample_order import SampleOrder
+from gristmill.loading.shard_cache import ShardCache
+from gristmill.loading.stream import (
     ShardStream,
     StreamLoader,
     StreamStateError,
@@ -30,6 +28,8 @@ from gristmill.storage.stream import (
     to_hf_dataset,
     to_hf_iterable,
 )
+from gristmill.storage.errors import SchemaMismatchError
+from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")

@@ -25,8 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pydantic import BaseModel
 
-from gristmill.stages.embed import vectors_of
-from gristmill.storage.datastore import (
+from gristmill.retrieval.datastore import (
     ID,
     MANIFEST,
     DatastoreBuilder,
@@ -39,6 +38,7 @@ from gristmill.storage.datastore import (
 from gristmill.storage.fs import Location, remove_tree, resolve
 from gristmill.storage.manifest import InputRef, content_sha256
 from gristmill.storage.reader import Dataset
+from gristmill.storage.vectors import vectors_of
 
 STAGING = "_staging"
 Parallel = Literal["ray", "threads"]

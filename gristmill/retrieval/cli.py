@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gristmill.retrieval.datastore import DatastoreError
 from gristmill.retrieval.plan import PlanConfig, human_bytes, make_plan
 from gristmill.retrieval.postprocess import SearchOptions
 from gristmill.retrieval.retriever import Backend
-from gristmill.storage.datastore import DatastoreError
 
 app = typer.Typer(help="The retrieval datastore: plan its size, query it, serve it over HTTP.",
                   no_args_is_help=True)

@@ -12,7 +12,7 @@ import math
 from pydantic import BaseModel, Field
 
 from gristmill.config import FrozenModel
-from gristmill.storage.datastore import IndexSpec
+from gristmill.retrieval.datastore import IndexSpec
 
 
 class PlanConfig(FrozenModel):

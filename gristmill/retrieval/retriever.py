@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from gristmill.inference import Embedder
 from gristmill.inference.config import EmbedderConfig
+from gristmill.retrieval.datastore import Datastore
 from gristmill.retrieval.postprocess import Hit, Passage, SearchOptions, select
 from gristmill.retrieval.search import (
     RaySearcher,
@@ -23,7 +24,6 @@ from gristmill.retrieval.search import (
     ThreadSearcher,
     search_candidates,
 )
-from gristmill.storage.datastore import Datastore
 
 PASSAGE_COLUMNS = ("id", "text", "parent_id", "word_count")
 Backend = Literal["threads", "ray"]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gristmill.storage.datastore import Datastore, as_matrix, set_nprobe
+from gristmill.retrieval.datastore import Datastore, as_matrix, set_nprobe
 
 MISSING = -1
 """FAISS's id for an empty slot (a shard with fewer than K vectors)."""

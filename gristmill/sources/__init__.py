@@ -5,13 +5,13 @@ then `resolve(name)` gives the spec and files that the ingest stage reads.
 """
 
 from gristmill.sources.cache import cache_dir
+from gristmill.sources.catalog import ResolvedSource, SourceSpec, list_sources, resolve
 from gristmill.sources.errors import (
     SourceError,
     SourceFetchError,
     SourceNotFetchedError,
     UnknownSourceError,
 )
-from gristmill.sources.registry import ResolvedSource, SourceSpec, list_sources, resolve
 
 __all__ = [
     "ResolvedSource",

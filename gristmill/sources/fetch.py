@@ -22,15 +22,15 @@ from gristmill.sources.cache import (
     publish,
     staging_dir,
 )
-from gristmill.sources.errors import SourceError, SourceFetchError
-from gristmill.sources.registry import (
-    BUILDERS,
+from gristmill.sources.catalog import (
     build_version,
     datasets_for,
     get_spec,
     is_fetched,
     list_sources,
 )
+from gristmill.sources.errors import SourceError, SourceFetchError
+from gristmill.sources.registry import BUILDERS
 
 _CONVERSION_ERRORS = (OSError, ValueError, LookupError, tarfile.TarError, zipfile.BadZipFile)
 

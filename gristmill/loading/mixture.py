@@ -20,6 +20,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gristmill.loading.sample_order import SampleOrder
+from gristmill.loading.shard_cache import ShardCache
+from gristmill.loading.stream import Batch, StreamFormat, format_batch
 from gristmill.scoring.temperature import (
     CooldownSchedule,
     Schedule,
@@ -27,9 +30,6 @@ from gristmill.scoring.temperature import (
     temperature_probs,
 )
 from gristmill.storage.reader import Dataset
-from gristmill.storage.sample_order import SampleOrder
-from gristmill.storage.shard_cache import ShardCache
-from gristmill.storage.stream import Batch, StreamFormat, format_batch
 from gristmill.storage.writer import conform
 
 MIXTURE_COLUMNS = (pa.field("domain", pa.string()), pa.field("domain_epoch", pa.int32()),

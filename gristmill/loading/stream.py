@@ -36,12 +36,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gristmill.loading.sample_order import SampleOrder
+from gristmill.loading.shard_cache import ShardCache
 from gristmill.storage.errors import SchemaMismatchError
 from gristmill.storage.fs import Location
 from gristmill.storage.manifest import content_sha256
 from gristmill.storage.reader import Dataset
-from gristmill.storage.sample_order import SampleOrder
-from gristmill.storage.shard_cache import ShardCache
 
 StreamFormat = Literal["torch", "numpy", "arrow"]
 DatasetRef = str | os.PathLike[str] | Location | Dataset

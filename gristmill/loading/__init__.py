@@ -1,0 +1,1 @@
+"""Trainer-side loading: shard streams with exact resume, sample order, Cooldown mixing."""
