@@ -6,8 +6,9 @@ bound how large a pool one machine can filter. Cases:
 - scoring (real SpamAssassin emails, one process): the heuristic scorer, and the embedding
   classifier (MiniLM + logistic regression) trained on ham vs spam with a held-out split,
   whose held-out ROC AUC is reported too;
-- cut + select on N synthetic scores (default 10M) in a dataset on disk: exact quantile cuts
-  streaming only the score column, then the select stage streamed batch by batch into a
+- cut + select on N synthetic scores (default 10M) in a dataset on disk: the `quality_cut`
+  step (exact quantile cuts streaming only the score column, the law's pool, a committed
+  bucket table), then the select stage streamed batch by batch into a
   new dataset (kept + rejected). Each runs in a fresh subprocess so its peak RSS is its own;
   a naive in-memory cut (load the column, np.sort) is measured the same way for contrast.
 
@@ -64,26 +65,33 @@ def make_scores(uri: Path, rows: int, seed: int = 0) -> None:
 
 
 def case_cut_select(data: Path, out: Path) -> dict:
-    """Streaming cut on the driver, then the select stage streamed into a new dataset."""
+    """The streaming cut step on the driver (budget: 20 epochs of the best bucket), then the
+    select stage streamed into a new dataset."""
+    from gristmill.config import RuntimeConfig
+    from gristmill.scoring.quality import bucket_ranks
     from gristmill.stages.base import reject_schema
+    from gristmill.stages.global_step import run_global_step
     from gristmill.stages.quality_filter import (
         LawChoice,
+        QualityCut,
+        QualityCutConfig,
         QualitySelect,
-        cut_buckets,
-        decide,
-        selection,
+        QualitySelectConfig,
     )
     from gristmill.storage.reader import Dataset
     from gristmill.storage.writer import DatasetWriter
 
     base = peak_rss_mb()
+    dataset = Dataset.open(str(data))
+    config = QualityCutConfig(fractions=FRACTIONS, law=LawChoice(rescale=True),
+                              budget=bucket_ranks(dataset.num_rows, FRACTIONS)[0] * 20)
     started = time.perf_counter()
-    cuts = cut_buckets(str(data), "quality_score", FRACTIONS)
+    cut = run_global_step(QualityCut(config), [str(data)], str(out.with_name("cuts")),
+                          RuntimeConfig(progress=False))
     cut_seconds = time.perf_counter() - started
     cut_rss = peak_rss_mb()
-    decision = decide(LawChoice(rescale=True), cuts, budget=cuts.bucket_rows[0] * 20)
-    stage = QualitySelect(selection(cuts, decision))
-    dataset = Dataset.open(str(data))
+    stage = QualitySelect(QualitySelectConfig(cuts=cut.ref))
+    stage.setup()
     schema = stage.output_schema(dataset.schema)
     started = time.perf_counter()
     kept = rejected = 0
@@ -97,10 +105,10 @@ def case_cut_select(data: Path, out: Path) -> dict:
             rejected += split.rejected.num_rows
         writer.commit()
     select_seconds = time.perf_counter() - started
-    return {"rows": cuts.rows, "cut_seconds": cut_seconds, "select_seconds": select_seconds,
-            "kept": kept, "rejected": rejected, "keep_buckets": decision.keep_buckets,
-            "thresholds": cuts.thresholds, "baseline_rss_mb": base,
-            "cut_peak_rss_mb": cut_rss, "peak_rss_mb": peak_rss_mb()}
+    return {"rows": dataset.num_rows, "cut_seconds": cut_seconds,
+            "select_seconds": select_seconds, "kept": kept, "rejected": rejected,
+            "keep_buckets": stage.pool.keep_buckets, "thresholds": stage.pool.thresholds,
+            "baseline_rss_mb": base, "cut_peak_rss_mb": cut_rss, "peak_rss_mb": peak_rss_mb()}
 
 
 def case_naive_cut(data: Path) -> dict:
@@ -195,6 +203,7 @@ def main() -> None:
     console.print("scoring real emails ...")
     scoring = scoring_cases(args.score_rows, args.classifier_rows)
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out.with_name("cuts"), ignore_errors=True)
 
     table = Table("case", "rows", "seconds", "rows/s", "peak RSS MB (baseline)",
                   title="quality filter throughput")

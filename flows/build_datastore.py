@@ -16,7 +16,7 @@ from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.report import cell
-from gristmill.flows.stage_task import run_stage_cached
+from gristmill.flows.stage_task import run_stage_task
 from gristmill.inference.embed import resolve_embedder_folder
 from gristmill.retrieval.build import BuildReport, Parallel, build_datastore_from
 from gristmill.retrieval.datastore import IndexSpec
@@ -87,9 +87,9 @@ def build_datastore_flow(params: BuildDatastoreParams) -> list[StageResult]:
     embedded = []
     for n, uri in enumerate(params.inputs):
         name = f"{n:02d}-{posixpath.basename(uri.rstrip('/'))}"
-        chunks = run_stage_cached(Chunk, params.chunk, DatasetInput(uri),
+        chunks = run_stage_task(Chunk, params.chunk, DatasetInput(uri),
                                   posixpath.join(params.work_dir, "chunk", name), params.runtime)
-        vectors = run_stage_cached(Embed, params.embed, DatasetInput(chunks.output),
+        vectors = run_stage_task(Embed, params.embed, DatasetInput(chunks.output),
                                    posixpath.join(params.work_dir, "embed", name),
                                    params.runtime)
         stages += [chunks, vectors]

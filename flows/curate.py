@@ -23,18 +23,19 @@ from pydantic import Field
 from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.build_datastore import BuildDatastoreParams, build_datastore_flow
 from gristmill.flows.curate_report import FunnelRow, run_report
-from gristmill.flows.filter_quality import FilterQualityParams, filter_quality_flow
 from gristmill.flows.fuse_captions import FuseCaptionsParams, fuse_captions_flow
 from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.flows.prune import PruneParams, prune_flow
-from gristmill.flows.stage_task import run_stage_cached
+from gristmill.flows.quality_filter import QualityFilterParams, quality_filter_flow
+from gristmill.flows.stage_task import run_stage_task, run_step_task
 from gristmill.inference import GeneratorConfig
 from gristmill.loading.mixture import DomainSpec, MixtureConfig
 from gristmill.scoring.temperature import CooldownSchedule, Schedule
 from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.capsfusion import CapsFusionConfig
+from gristmill.stages.global_step import StepResult
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
-from gristmill.stages.partition import PartitionConfig, run_partition
+from gristmill.stages.partition import Partition, PartitionConfig, read_parts
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 
@@ -73,8 +74,8 @@ class CurateParams(FrozenModel):
     ingest: IngestConfig = IngestConfig()
     text_filter: TextFilterConfig = TextFilterConfig()
     captions: CaptionsStep = CaptionsStep()
-    quality: FilterQualityParams | None = Field(
-        default_factory=FilterQualityParams,
+    quality: QualityFilterParams | None = Field(
+        default_factory=QualityFilterParams,
         description="Quality pool for the budget (its input and work_dir are set by curate); "
                     "null skips the step")
     prune: PruneParams | None = Field(
@@ -105,7 +106,7 @@ class Progress:
         update_progress_artifact(self.artifact_id, 100.0 * self.done / self.steps)
 
 
-def _funnel(step: str, result: StageResult) -> FunnelRow:
+def _funnel(step: str, result: StageResult | StepResult) -> FunnelRow:
     stats = result.stats
     return FunnelRow(step=step, rows_in=stats.rows_in, rows_out=stats.rows_out,
                      rows_rejected=stats.rows_rejected, reasons=dict(stats.reject_reasons),
@@ -116,22 +117,22 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
                 plots: Path) -> str:
     """ingest -> text_filter -> quality -> prune; returns the curated dataset's URI."""
     runtime, verify = params.runtime, params.runtime.storage.verify_inputs
-    ingested = run_stage_cached(
+    ingested = run_stage_task(
         Ingest, params.ingest, RawFilesInput.from_args(params.sources,
                                                        max_records=params.max_records),
         params.path("ingest"), runtime)
     funnel.append(_funnel("ingest", ingested))
     progress.step()
-    filtered = run_stage_cached(TextFilter, params.text_filter,
-                                DatasetInput(ingested.output, verify=verify),
-                                params.path("text_filter"), runtime)
+    filtered = run_stage_task(TextFilter, params.text_filter,
+                              DatasetInput(ingested.output, verify=verify),
+                              params.path("text_filter"), runtime)
     funnel.append(_funnel("text_filter", filtered))
     progress.step()
     current = filtered.output
     if params.quality is not None:
         quality = params.quality.with_(input=current, work_dir=params.path("quality"),
                                        plot=str(plots / "quality_pools.png"), runtime=runtime)
-        scored, selected = filter_quality_flow(quality)
+        scored, selected = quality_filter_flow(quality)
         funnel.append(_funnel("quality: score", scored))
         funnel.append(_funnel("quality: select pool", selected))
         current = selected.output
@@ -147,16 +148,16 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(params: CurateParams) -> list[StageResult]:
+def curate_flow(params: CurateParams) -> list[StageResult | StepResult]:
     """Raw sources to training-ready mixture shards (and fused captions, and a datastore)."""
     plots = Path(params.path("plots"))
     plots.mkdir(parents=True, exist_ok=True)
     progress = Progress(steps=7 + params.captions.enabled + (params.datastore is not None))
     funnel: list[FunnelRow] = []
-    results: list[StageResult] = []
+    results: list[StageResult | StepResult] = []
     if params.captions.enabled:
         captions = params.captions
-        caption_rows = run_stage_cached(
+        caption_rows = run_stage_task(
             Ingest, captions.ingest,
             RawFilesInput.from_args(captions.sources, max_records=captions.max_records),
             params.path("captions", "ingest"), params.runtime)
@@ -169,8 +170,9 @@ def curate_flow(params: CurateParams) -> list[StageResult]:
         progress.step()
 
     curated = _text_steps(params, progress, funnel, plots)
-    domains = run_partition(curated, params.path("domains"),
-                            PartitionConfig(column=params.mix.domain_column), params.runtime)
+    partition = run_step_task(Partition(PartitionConfig(column=params.mix.domain_column)),
+                              [curated], params.path("domains"), params.runtime)
+    domains = read_parts(partition.ref)
     progress.step()
     if not domains:
         raise StageInputError(f"curate: no rows survived to mix; see the rejected/ folders "

@@ -11,20 +11,31 @@ an hourly one can differ.
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 from typing import Any, Self
 
 import yaml
-from prefect import serve
+from prefect import get_client, serve
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Schedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Crashed
 from pydantic import Field, ValidationError, model_validator
 
 from gristmill.config import ConfigError, FrozenModel, load_config
 from gristmill.flows.registry import FLOWS
 from gristmill.flows.server import prefect_api
 
+ORPHAN_GRACE_SECONDS = 15.0
+"""How long runs interrupted by Ctrl-C get to report their own end before serve marks them."""
 
 class ScheduleSpec(FrozenModel):
     """When a deployment runs on its own, and with which parameters."""
@@ -119,3 +130,25 @@ def serve_flows(spec: ServeSpec, *, home: str = ".gristmill/prefect", host: str 
             temporary_settings(updates={PREFECT_API_URL: api_url}):
         print(f"Prefect UI: {api_url.removesuffix('/api')}  (API {api_url})", flush=True)
         serve(*deployments, limit=spec.limit)
+        crash_orphaned_runs(deployments)
+
+
+def crash_orphaned_runs(deployments: list[RunnerDeployment],
+                        grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
+    """After `serve` stops, a run it was executing may still read Running: its process was
+    interrupted before it could report. Served deployments run only in their `serve`, so once
+    the interrupted runs had `grace_seconds` to report their own end, any still Running is
+    marked Crashed (the UI never shows a run nobody runs). Returns how many were marked."""
+    with get_client(sync_client=True) as client:
+        ids = [client.read_deployment_by_name(f"{d.flow_name}/{d.name}").id for d in deployments]
+        running = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=ids),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+        deadline = time.monotonic() + grace_seconds
+        while (runs := client.read_flow_runs(flow_run_filter=running)) \
+                and time.monotonic() < deadline:
+            time.sleep(1)
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(
+                message="gristmill serve stopped while this run was in flight"), force=True)
+    return len(runs)

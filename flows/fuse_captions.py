@@ -10,7 +10,7 @@ from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.report import cell
-from gristmill.flows.stage_task import run_stage_cached
+from gristmill.flows.stage_task import run_stage_task
 from gristmill.stages.base import DatasetInput
 from gristmill.stages.capsfusion import CapsFusion, CapsFusionConfig
 from gristmill.stages.runner import StageResult
@@ -54,7 +54,7 @@ def fusion_report(result: StageResult, config: CapsFusionConfig) -> str:
 @flow(name="fuse_captions", log_prints=True)
 def fuse_captions_flow(params: FuseCaptionsParams) -> StageResult:
     source = DatasetInput(params.input, verify=params.runtime.storage.verify_inputs)
-    result = run_stage_cached(CapsFusion, params.config, source, params.output, params.runtime)
+    result = run_stage_task(CapsFusion, params.config, source, params.output, params.runtime)
     create_markdown_artifact(fusion_report(result, params.config), key="fuse-captions-report",
                              description="CapsFusion: fused captions beside their inputs")
     return result

@@ -6,7 +6,7 @@ from prefect import flow
 from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
-from gristmill.flows.stage_task import run_stage_cached
+from gristmill.flows.stage_task import run_stage_task
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.raw_formats import RawFormat
 from gristmill.stages.runner import StageResult
@@ -29,4 +29,4 @@ def ingest_flow(params: IngestParams) -> StageResult:
     source = RawFilesInput.from_args(params.sources, fmt=params.format,
                                      text_field=params.text_field,
                                      max_records=params.max_records)
-    return run_stage_cached(Ingest, params.config, source, params.output, params.runtime)
+    return run_stage_task(Ingest, params.config, source, params.output, params.runtime)

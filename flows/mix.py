@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.plots import markdown_image, mixture_probabilities_png
-from gristmill.loading.mixture import MixtureConfig, MixtureStream
-from gristmill.stages.mix import run_mix
-from gristmill.stages.runner import StageResult
+from gristmill.flows.stage_task import run_step_task
+from gristmill.loading.mixture import MixtureConfig, MixturePlan, MixtureStream
+from gristmill.stages.global_step import StepResult
+from gristmill.stages.mix import Mix, domain_uris
 from gristmill.storage.fs import resolve, write_bytes_atomic
 
 
@@ -23,28 +23,30 @@ class MixParams(FrozenModel):
     runtime: RuntimeConfig = RuntimeConfig()
 
 
-@task(name="mix", retries=1, retry_delay_seconds=5)
-def mix_task(params: MixParams) -> StageResult:
-    result = run_mix(params.mixture, params.output, params.runtime,
-                     flow_run_id=str(flow_run.get_id() or "") or None)
-    stream = MixtureStream(params.mixture)
-    names = [d.name for d in params.mixture.domains]
-    png = mixture_probabilities_png(stream.plan, names)
-    if params.plot:
-        write_bytes_atomic(resolve(params.plot), png)
-    first, last = stream.plan.probabilities(0), stream.plan.probabilities(
-        params.mixture.total_steps - 1)
-    rows = "\n".join(f"| {n} | {size:,.0f} | {a:.4f} | {b:.4f} |"
-                     for n, size, a, b in zip(names, stream.plan.sizes, first, last, strict=True))
-    create_markdown_artifact(
-        f"# mix\n\nOutput: `{result.output}`, {result.stats.rows_out:,} samples over "
-        f"{params.mixture.total_steps:,} steps\n\n| domain | size | p at first step | "
-        f"p at last step |\n|---|---:|---:|---:|\n{rows}\n\n"
-        + markdown_image(png, "sampling probability per domain over training steps") + "\n",
-        key="mix-report", description="mixture probabilities over training")
-    return result
+def mixture_report(mixture: MixtureConfig, plan: MixturePlan, result: StepResult,
+                   png: bytes) -> str:
+    """Each domain's size, its probability at the first and last step, and the samples the
+    step drew from it (its summary), above the probability plot."""
+    first, last = plan.probabilities(0), plan.probabilities(mixture.total_steps - 1)
+    drawn = result.summary["samples_per_domain"]
+    rows = "\n".join(f"| {d.name} | {size:,.0f} | {a:.4f} | {b:.4f} | {drawn[d.name]:,} |"
+                     for d, size, a, b in zip(mixture.domains, plan.sizes, first, last,
+                                              strict=True))
+    return (f"# mix\n\nOutput: `{result.output}`, {result.stats.rows_out:,} samples over "
+            f"{mixture.total_steps:,} steps\n\n| domain | size | p at first step | "
+            f"p at last step | samples |\n|---|---:|---:|---:|---:|\n{rows}\n\n"
+            + markdown_image(png, "sampling probability per domain over training steps") + "\n")
 
 
 @flow(name="mix", log_prints=True)
-def mix_flow(params: MixParams) -> StageResult:
-    return mix_task(params)
+def mix_flow(params: MixParams) -> StepResult:
+    result = run_step_task(Mix(params.mixture), domain_uris(params.mixture), params.output,
+                           params.runtime)
+    plan = MixtureStream(params.mixture).plan
+    png = mixture_probabilities_png(plan, [d.name for d in params.mixture.domains])
+    if params.plot:
+        write_bytes_atomic(resolve(params.plot), png)
+    create_markdown_artifact(mixture_report(params.mixture, plan, result, png),
+                             key="mixture-report",
+                             description="mixture probabilities over training")
+    return result

@@ -8,11 +8,11 @@ from pydantic import BaseModel
 
 from gristmill.flows.build_datastore import BuildDatastoreParams, build_datastore_flow
 from gristmill.flows.curate import CurateParams, curate_flow
-from gristmill.flows.filter_quality import FilterQualityParams, filter_quality_flow
 from gristmill.flows.fuse_captions import FuseCaptionsParams, fuse_captions_flow
 from gristmill.flows.ingest import IngestParams, ingest_flow
 from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.flows.prune import PruneParams, prune_flow
+from gristmill.flows.quality_filter import QualityFilterParams, quality_filter_flow
 from gristmill.flows.synthesize_questions import (
     SynthesizeQuestionsParams,
     synthesize_questions_flow,
@@ -28,7 +28,7 @@ class FlowEntry(NamedTuple):
 FLOWS: dict[str, FlowEntry] = {
     "build_datastore": FlowEntry(build_datastore_flow, BuildDatastoreParams),
     "curate": FlowEntry(curate_flow, CurateParams),
-    "filter_quality": FlowEntry(filter_quality_flow, FilterQualityParams),
+    "quality_filter": FlowEntry(quality_filter_flow, QualityFilterParams),
     "fuse_captions": FlowEntry(fuse_captions_flow, FuseCaptionsParams),
     "ingest": FlowEntry(ingest_flow, IngestParams),
     "mix": FlowEntry(mix_flow, MixParams),

@@ -1,40 +1,26 @@
-"""One Prefect task that runs any map stage: retries, caching, and a report artifact.
+"""Two Prefect tasks: one runs any map stage, one any global step; retries and a report
+artifact each.
 
-The cache key is the runner's own (stage, config hash, input hashes, code version). When the
-output on disk is not committed under that key (deleted, replaced, never written), the task
-refreshes its cache instead of reading it, so a cache hit never points at missing data.
+There is one cache layer, the runner's: a task whose output is committed under the same key
+(stage or step, config, input contents, code, storage settings) returns at once with
+`reused` set, and a deleted or replaced output is simply computed again. Prefect's own
+result cache is not used, so it can never point at data that is gone.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
 from gristmill.config import RuntimeConfig
-from gristmill.flows.report import stage_report
+from gristmill.flows.report import stage_report, step_report
 from gristmill.stages.base import MapStage, StageConfig, StageInput
-from gristmill.stages.runner import StageResult, committed_with_key, run_stage, stage_cache_key
-from gristmill.storage.fs import resolve
+from gristmill.stages.global_step import GlobalStep, StepResult, run_global_step
+from gristmill.stages.runner import StageResult, run_stage
 
 
-def _prefect_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
-                 output: str, runtime: RuntimeConfig) -> str:
-    """The runner's key for this output: one cached result per (work, output folder)."""
-    key = stage_cache_key(stage_cls, config, source, runtime.storage)
-    return hashlib.sha256(f"{key}\n{resolve(output).uri()}".encode()).hexdigest()
-
-
-def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return _prefect_key(**parameters)
-
-
-@task(name="run-stage", cache_key_fn=_cache_key, persist_result=True, retries=1,
-      retry_delay_seconds=5, task_run_name="{stage_cls.name}")
+@task(name="run-stage", retries=1, retry_delay_seconds=5, task_run_name="{stage_cls.name}")
 def run_stage_task(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
                    output: str, runtime: RuntimeConfig) -> StageResult:
     result = run_stage(stage_cls, config, source, output, runtime,
@@ -44,9 +30,11 @@ def run_stage_task(stage_cls: type[MapStage], config: StageConfig, source: Stage
     return result
 
 
-def run_stage_cached(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
-                     output: str, runtime: RuntimeConfig) -> StageResult:
-    """Run the stage task, trusting Prefect's cache only while the output is still there."""
-    key = stage_cache_key(stage_cls, config, source, runtime.storage)
-    task = run_stage_task.with_options(refresh_cache=not committed_with_key(output, key))
-    return task(stage_cls, config, source, output, runtime)
+@task(name="global-step", retries=1, retry_delay_seconds=5, task_run_name="{step.name}")
+def run_step_task(step: GlobalStep, inputs: list[str], output: str,
+                  runtime: RuntimeConfig) -> StepResult:
+    result = run_global_step(step, inputs, output, runtime,
+                             flow_run_id=str(flow_run.get_id() or "") or None)
+    create_markdown_artifact(step_report(result), key=f"{step.name.replace('_', '-')}-report",
+                             description=f"{step.name}: what the global step decided")
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from gristmill.config import FrozenModel, RuntimeConfig
-from gristmill.flows.stage_task import run_stage_cached
+from gristmill.flows.stage_task import run_stage_task
 from gristmill.stages.base import DatasetInput
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
@@ -21,4 +21,4 @@ class TextFilterParams(FrozenModel):
 @flow(name="text_filter", log_prints=True)
 def text_filter_flow(params: TextFilterParams) -> StageResult:
     source = DatasetInput(params.input, verify=params.runtime.storage.verify_inputs)
-    return run_stage_cached(TextFilter, params.config, source, params.output, params.runtime)
+    return run_stage_task(TextFilter, params.config, source, params.output, params.runtime)

@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from gristmill.config import ConfigError, load_config
-from gristmill.plan_filter import plan_filter
+from gristmill.quality_filter_plan import quality_filter_plan
 from gristmill.retrieval.cli import app as datastore_app
 from gristmill.sources.errors import SourceError
 from gristmill.stages.base import StageInputError
+from gristmill.stages.global_step import StepResult
 from gristmill.stages.ingest import Ingest, IngestInputError, RawFilesInput
 from gristmill.stages.raw_formats import RawFormat, UnknownFormatError
 from gristmill.stages.runner import StageFailedError, StageResult, run_stage
@@ -38,10 +39,11 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _print_result(result: StageResult) -> None:
+def _print_result(result: StageResult | StepResult) -> None:
     stats = result.stats
     verb = "reused" if result.reused else "wrote"
-    console.print(f"[bold]{result.stage}[/]: {verb} {result.output}  "
+    name = result.stage if isinstance(result, StageResult) else result.step
+    console.print(f"[bold]{name}[/]: {verb} {result.output}  "
                   f"in {stats.rows_in:,}  out {stats.rows_out:,}  "
                   f"rejected {stats.rows_rejected:,}  ({result.wall_seconds:.1f}s)")
     for reason, count in stats.reject_reasons.items():
@@ -194,7 +196,7 @@ def _short(value: object, limit: int = 120) -> object:
     return value
 
 
-app.command(name="plan-filter")(plan_filter)
+app.command(name="quality-filter-plan")(quality_filter_plan)
 app.add_typer(datastore_app, name="datastore")
 
 if __name__ == "__main__":

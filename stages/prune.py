@@ -2,12 +2,13 @@
 
 Steps, each with a durable output so a rerun resumes and the decision sits in the lineage:
 1. `Embed` (stages/embed.py) adds vectors.
-2. `build_centroids` (barrier): spherical k-means on a sample chosen by id hash, written as a
-   small dataset; its content hash goes into the next stage's config.
+2. `PruneCentroids` (global step): spherical k-means on a sample chosen by id hash, written
+   as a small dataset; the next stage's config pins it by content (`DatasetRef`).
 3. `PruneScore` (map): nearest centroid and distance (the prototype score), the exact-text
    key and the MinHash signature: every score computed once.
-4. `build_decisions` (barrier): exact, MinHash and semantic duplicates (stages/dedup.py), then
-   the prototype cut over the survivors, written as a dataset of rejected ids.
+4. `PruneDecisions` (global step): exact, MinHash and semantic duplicates (stages/dedup.py),
+   then the prototype cut over the survivors, written as a dataset of rejected ids with the
+   report's summary in its manifest.
 5. `PruneSelect` (map): rows listed there go to rejected/ with their reason, the id of the
    row their duplicate group keeps (`duplicate_of`) and score; the rest pass. When the
    prototype cut then prunes that survivor too, the duplicate's detail says so.
@@ -15,17 +16,15 @@ Steps, each with a durable output so a rerun resumes and the decision sits in th
 
 from __future__ import annotations
 
-import hashlib
-import sys
-from datetime import UTC, datetime
-from typing import ClassVar, Self
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, model_validator
 
-from gristmill.config import FrozenModel, StorageConfig
-from gristmill.inference.identity import identity_payload
+from gristmill.config import FrozenModel
 from gristmill.scoring.duplicates import Duplicate, Duplicates
 from gristmill.scoring.near_dup import MinHasher, exact_key
 from gristmill.scoring.pruning import (
@@ -47,44 +46,14 @@ from gristmill.stages.base import (
     attach_reasons,
     require_columns,
 )
-from gristmill.stages.code_version import code_version
 from gristmill.stages.dedup import DedupConfig, duplicate_decisions
 from gristmill.stages.embed import EmbedConfig
-from gristmill.storage.fs import Location, read_bytes, resolve, write_bytes_atomic
-from gristmill.storage.manifest import (
-    InputRef,
-    Lineage,
-    canonical_json,
-    content_sha256,
-    is_committed,
-)
+from gristmill.stages.global_step import DatasetRef, GlobalStep, StepSink
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vector_array, vectors_of
-from gristmill.storage.writer import write_table
 
 SCORE_COLUMNS = ("cluster", "centroid_distance", "exact_key", "minhash")
 HISTOGRAM_BINS = 40
-
-
-class DatasetRef(FrozenModel):
-    """A barrier's output pinned by content: a stage config carrying it changes (and its
-    cache key with it) exactly when the centroids or decisions change."""
-
-    uri: str
-    sha256: str
-
-    @classmethod
-    def of(cls, uri: str) -> DatasetRef:
-        dataset = Dataset.open(uri)
-        return cls(uri=dataset.uri, sha256=content_sha256(dataset.manifest))
-
-    def open(self) -> Dataset:
-        dataset = Dataset.open(self.uri)
-        found = content_sha256(dataset.manifest)
-        if found != self.sha256:
-            raise StageInputError(f"{self.uri} holds content {found[:12]}, the config pins "
-                                  f"{self.sha256[:12]}: rebuild it or update the config")
-        return dataset
 
 
 class ClusteringConfig(FrozenModel):
@@ -246,29 +215,6 @@ class PruneSelect(MapStage[PruneSelectConfig]):
         return Split(kept, rejected)
 
 
-def barrier_key(name: str, config: BaseModel, inputs: list[InputRef]) -> str:
-    """What a barrier's output is a function of: its name, config, input contents and the
-    code that computes it (a changed dedup rule must not reuse old decisions)."""
-    payload = {"name": name, "config": identity_payload(config),
-               "inputs": [r.content_sha256 for r in inputs],
-               "code": code_version(sys.modules[__name__])}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def _reusable(uri: str, key: str) -> DatasetRef | None:
-    if not is_committed(resolve(uri)):
-        return None
-    dataset = Dataset.open(uri)
-    lineage = dataset.manifest.lineage
-    return DatasetRef.of(uri) if lineage is not None and lineage.cache_key == key else None
-
-
-def _lineage(stage: str, config: BaseModel, inputs: list[InputRef], key: str,
-             started: datetime) -> Lineage:
-    return Lineage(stage=stage, config=config.model_dump(mode="json"), inputs=inputs,
-                   cache_key=key, started=started, finished=datetime.now(UTC))
-
-
 def sample_vectors(dataset: Dataset, rows: int, *, id_column: str,
                    vector_column: str) -> np.ndarray:
     """The `rows` vectors whose ids hash lowest: the same sample in any shard layout."""
@@ -288,30 +234,41 @@ def sample_vectors(dataset: Dataset, rows: int, *, id_column: str,
     return np.concatenate(parts)[order]
 
 
-def build_centroids(embedded_uri: str, config: PruneConfig, output: str,
-                    storage: StorageConfig | None = None) -> DatasetRef:
-    """Train k-means on the id-hash sample and commit the centroids (reused when the
-    embeddings and clustering config are unchanged)."""
-    dataset = Dataset.open(embedded_uri)
-    inputs = [InputRef(uri=dataset.uri, content_sha256=content_sha256(dataset.manifest))]
-    key = barrier_key("centroids", config.clustering, inputs)
-    if (ref := _reusable(output, key)) is not None:
-        return ref
-    started = datetime.now(UTC)
-    cfg = config.clustering
-    sample = sample_vectors(dataset, cfg.sample_rows, id_column=config.id_column,
-                            vector_column=config.embed.vector_column)
-    if len(sample) == 0:
-        raise StageInputError(f"nothing to cluster: {embedded_uri} has no rows (the embed "
-                              "stage rejected every row; see its rejected/ reasons)")
-    centroids = train_spherical_kmeans(sample, cfg.clusters, iterations=cfg.iterations,
-                                       seed=cfg.seed)
-    table = pa.table({"cluster": pa.array(np.arange(len(centroids)), pa.int32()),
-                      "centroid": vector_array(centroids)})
-    options = {} if storage is None else {"checksum": storage.checksum}
-    write_table(output, table, overwrite=True,
-                lineage=_lineage("prune_centroids", cfg, inputs, key, started), **options)
-    return DatasetRef.of(output)
+class CentroidsConfig(FrozenModel):
+    """What the centroids depend on: the clustering knobs and which columns to read."""
+
+    id_column: str = "id"
+    vector_column: str = "embedding"
+    clustering: ClusteringConfig = ClusteringConfig()
+
+    @classmethod
+    def of(cls, config: PruneConfig) -> CentroidsConfig:
+        return cls(id_column=config.id_column, vector_column=config.embed.vector_column,
+                   clustering=config.clustering)
+
+
+class PruneCentroids(GlobalStep[CentroidsConfig]):
+    """Spherical k-means on the id-hash sample of the embeddings: one row per centroid."""
+
+    name: ClassVar[str] = "prune_centroids"
+
+    def output_schema(self, inputs: Sequence[Dataset]) -> pa.Schema:
+        width = inputs[0].schema.field(self.config.vector_column).type.list_size
+        return pa.schema([pa.field("cluster", pa.int32()),
+                          pa.field("centroid", pa.list_(pa.float32(), width))])
+
+    def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
+        cfg = self.config.clustering
+        sample = sample_vectors(inputs[0], cfg.sample_rows, id_column=self.config.id_column,
+                                vector_column=self.config.vector_column)
+        if len(sample) == 0:
+            raise StageInputError(f"nothing to cluster: {inputs[0].uri} has no rows (the embed "
+                                  "stage rejected every row; see its rejected/ reasons)")
+        centroids = train_spherical_kmeans(sample, cfg.clusters, iterations=cfg.iterations,
+                                           seed=cfg.seed)
+        sink.write(pa.table({"cluster": pa.array(np.arange(len(centroids)), pa.int32()),
+                             "centroid": vector_array(centroids)}))
+        return {"clusters": len(centroids), "sample_rows": len(sample)}
 
 
 class DecisionSummary(BaseModel):
@@ -328,7 +285,7 @@ class DecisionSummary(BaseModel):
     pruned_counts: list[int] = Field(default_factory=list, description="Pruned rows per bin")
 
 
-def _prototype_cut(dataset: Dataset, removed: Duplicates, config: PruneConfig,
+def _prototype_cut(dataset: Dataset, removed: Duplicates, config: DecisionsConfig,
                    ) -> tuple[Duplicates, DecisionSummary]:
     ids: list[str] = []
     clusters, scores = [], []
@@ -375,30 +332,50 @@ def _detail(decision: Duplicate, pruned: Duplicates) -> str:
     return text
 
 
-def build_decisions(scored_uri: str, config: PruneConfig, output: str,
-                    storage: StorageConfig | None = None,
-                    ) -> tuple[DatasetRef, DecisionSummary]:
-    """Duplicates first (exact, MinHash, semantic), then the prototype cut over the rest,
-    committed as one row per rejected id. The summary the report needs is saved beside the
-    decisions, so a rerun with the same key reads both instead of deduplicating again."""
-    started = datetime.now(UTC)
-    dataset = Dataset.open(scored_uri)
-    inputs = [InputRef(uri=dataset.uri, content_sha256=content_sha256(dataset.manifest))]
-    key = barrier_key("decisions", config, inputs)
-    if (reused := _reusable_decisions(output, key)) is not None:
-        return reused
-    removed = duplicate_decisions(dataset, config.dedup, id_column=config.id_column,
-                                  vector_column=config.embed.vector_column)
-    pruned, summary = _prototype_cut(dataset, removed, config)
-    decisions = {**removed, **pruned}
-    ordered = sorted(decisions.items())
-    table = pa.table({
-        "id": [i for i, _ in ordered],
-        "reason": [d.reason for _, d in ordered],
-        "duplicate_of": [d.duplicate_of or None for _, d in ordered],
-        "score": [d.score for _, d in ordered],
-        "detail": [_detail(d, pruned) for _, d in ordered],
-    }, schema=DECISION_SCHEMA)
+class DecisionsConfig(FrozenModel):
+    """What the decisions depend on: the dedup passes, the prototype cut, the columns."""
+
+    id_column: str = "id"
+    vector_column: str = "embedding"
+    dedup: DedupConfig = DedupConfig()
+    prototypes: PrototypeConfig = PrototypeConfig()
+
+    @classmethod
+    def of(cls, config: PruneConfig) -> DecisionsConfig:
+        return cls(id_column=config.id_column, vector_column=config.embed.vector_column,
+                   dedup=config.dedup, prototypes=config.prototypes)
+
+
+class PruneDecisions(GlobalStep[DecisionsConfig]):
+    """Duplicates first (exact, MinHash, semantic), then the prototype cut over the rest:
+    one row per rejected id, and a `DecisionSummary` for the report."""
+
+    name: ClassVar[str] = "prune_decisions"
+
+    def output_schema(self, inputs: Sequence[Dataset]) -> pa.Schema:
+        return DECISION_SCHEMA
+
+    def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
+        cfg, dataset = self.config, inputs[0]
+        removed = duplicate_decisions(dataset, cfg.dedup, id_column=cfg.id_column,
+                                      vector_column=cfg.vector_column)
+        pruned, summary = _prototype_cut(dataset, removed, cfg)
+        decisions = {**removed, **pruned}
+        ordered = sorted(decisions.items())
+        sink.write(pa.table({
+            "id": [i for i, _ in ordered],
+            "reason": [d.reason for _, d in ordered],
+            "duplicate_of": [d.duplicate_of or None for _, d in ordered],
+            "score": [d.score for _, d in ordered],
+            "detail": [_detail(d, pruned) for _, d in ordered],
+        }, schema=DECISION_SCHEMA))
+        reasons = Counter(decision.reason for decision in decisions.values())
+        return summary.model_copy(update={
+            "reasons": dict(reasons), "cluster_sizes": _cluster_sizes(dataset).tolist(),
+        }).model_dump(mode="json")
+
+
+def _cluster_sizes(dataset: Dataset) -> np.ndarray:
     sizes = np.zeros(0, np.int64)
     for batch in dataset.iter_batches(columns=["cluster"]):
         sizes_batch = np.bincount(batch.column(0).to_numpy())
@@ -406,41 +383,4 @@ def build_decisions(scored_uri: str, config: PruneConfig, output: str,
         grown[:len(sizes)] += sizes
         grown[:len(sizes_batch)] += sizes_batch
         sizes = grown
-    reasons: dict[str, int] = {}
-    for decision in decisions.values():
-        reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
-    summary = summary.model_copy(update={"reasons": reasons, "cluster_sizes": sizes.tolist()})
-    options = {} if storage is None else {"checksum": storage.checksum}
-    write_table(output, table, overwrite=True,
-                lineage=_lineage("prune_decisions", config, inputs, key, started), **options)
-    saved = SavedSummary(cache_key=key, summary=summary)
-    write_bytes_atomic(_summary_file(output), saved.model_dump_json().encode())
-    return DatasetRef.of(output), summary
-
-
-class SavedSummary(BaseModel):
-    """The summary file's content: tagged with the decisions' key, so a summary left by an
-    earlier run (killed before it wrote its own) is never taken for this one's."""
-
-    cache_key: str
-    summary: DecisionSummary
-
-
-def _summary_file(decisions_uri: str) -> Location:
-    """Beside the decisions folder, not in it: a dataset folder holds only what the writer
-    made."""
-    return resolve(decisions_uri.rstrip("/") + ".summary.json")
-
-
-def _reusable_decisions(output: str, key: str) -> tuple[DatasetRef, DecisionSummary] | None:
-    """The committed decisions under `key` and the summary saved for that key; None when
-    either is missing or the summary belongs to another run (then it is recomputed)."""
-    ref = _reusable(output, key)
-    summary_file = _summary_file(output)
-    if ref is None or not summary_file.exists():
-        return None
-    try:
-        saved = SavedSummary.model_validate_json(read_bytes(summary_file))
-    except ValueError:
-        return None
-    return (ref, saved.summary) if saved.cache_key == key else None
+    return sizes

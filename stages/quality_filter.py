@@ -4,24 +4,25 @@ Three steps, so scores are computed once and selections are cheap to redo:
 
 1. `quality_score` (map stage): a pluggable scorer writes a float64 score column; rows it
    cannot score (empty text, unreadable image) are rejected with the reason.
-2. The driver (a barrier) streams only the score column of the committed scored dataset to
-   cut exact quantile buckets (top 0-10%, 10-20%, ...), counts each bucket's samples (or
-   tokens), and asks the data-filtering scaling law how many top buckets to train on for
-   the budget (Goyal et al., 2024).
-3. `quality_select` (map stage): its config carries the cuts and the decision with all its
-   inputs, so both sit in the output's manifest lineage and cache key. Rows outside the
-   chosen pool are rejected as `below_selected_quality_pool` with their bucket.
+2. `quality_cut` (global step): streams only the score column of the committed scored
+   dataset to cut exact quantile buckets (top 0-10%, 10-20%, ...), counts each bucket's
+   samples (or tokens), and asks the data-filtering scaling law how many top buckets to
+   train on for the budget (Goyal et al., 2024). It writes one row per bucket (cut, size,
+   selected) and keeps the law's decision in its manifest summary.
+3. `quality_select` (map stage): its config pins the cut dataset by content, so the cuts
+   and the choice sit in the output's lineage and cache key. Rows outside the chosen pool
+   are rejected as `below_selected_quality_pool` with their bucket.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from typing import ClassVar, Literal
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from gristmill.config import FrozenModel
 from gristmill.inference import Embedder, EmbedderConfig, InferenceError
@@ -45,6 +46,7 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
+from gristmill.stages.global_step import DatasetRef, GlobalStep, StepSink
 from gristmill.stages.quality_scorers import (
     ClipScorerConfig,
     EmbeddingClassifierScorerConfig,
@@ -136,7 +138,7 @@ class QualityScore(MapStage[QualityScoreConfig]):
                                 reasons, details, self.name)
 
 
-# ---- 2. cut and decide (driver) ---------------------------------------------------------
+# ---- 2. cut and decide (global step) ----------------------------------------------------
 
 
 class QualityCuts(FrozenModel):
@@ -159,18 +161,17 @@ def _score_chunks(dataset: Dataset, column: str) -> Iterator[np.ndarray]:
         yield array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
-def cut_buckets(uri: str, score_column: str, fractions: list[float],
+def cut_buckets(dataset: Dataset, score_column: str, fractions: list[float],
                 token_column: str | None = None) -> QualityCuts:
     """Exact quantile cuts over the whole scored dataset, streaming only the score (and
     token) column a batch at a time, then one more pass to count bucket sizes."""
-    dataset = Dataset.open(uri)
     wanted = {score_column: SCORE_TYPES, **({token_column: TOKEN_TYPES} if token_column else {})}
     require_columns(dataset.schema, "quality cut", wanted)
     try:
         thresholds = bucket_thresholds(lambda: _score_chunks(dataset, score_column),
                                        dataset.num_rows, fractions)
     except QualityError as err:
-        raise QualityFilterError(f"{uri}: {err}") from err
+        raise QualityFilterError(f"{dataset.uri}: {err}") from err
     rows = np.zeros(len(fractions) + 1, np.int64)
     tokens = np.zeros(len(fractions) + 1, np.int64)
     columns = [score_column, *([token_column] if token_column else [])]
@@ -284,42 +285,115 @@ def decide(choice: LawChoice, cuts: QualityCuts, budget: float,
                         variant=choice.variant, predicted_error=errors.tolist())
 
 
+class QualityCutConfig(FrozenModel):
+    """What the cut and the pool depend on: the score (and token) column, the bucket
+    fractions, the law, and the budget it is asked about."""
+
+    score_column: str = "quality_score"
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.1, 0.1],
+                                   description="Share of rows per bucket, best first")
+    token_column: str | None = Field(
+        default=None, description="Per-row token counts: bucket sizes for a token budget")
+    law: LawChoice = Field(default_factory=LawChoice)
+    budget: float = Field(gt=0, description="Samples (or tokens) the training run will see")
+    unit: BudgetUnit = "samples"
+
+
+CUT_SCHEMA = pa.schema([
+    pa.field("bucket", pa.int16()),
+    pa.field("threshold", pa.float64()),
+    pa.field("rows", pa.int64()),
+    pa.field("tokens", pa.int64()),
+    pa.field("selected", pa.bool_()),
+])
+"""One row per bucket, 0 = best: its lowest score (bucket b holds threshold_b <= s <
+threshold_b-1), its rows (and tokens, null without a token column), and whether the law's
+pool keeps it."""
+
+
+def cut_table(cuts: QualityCuts, keep_buckets: int) -> pa.Table:
+    """The step's output rows; also how a cut made by hand is written for the select
+    stage to pin (tests, benchmarks)."""
+    buckets = range(len(cuts.thresholds))
+    return pa.table({
+        "bucket": list(buckets), "threshold": cuts.thresholds, "rows": cuts.bucket_rows,
+        "tokens": cuts.bucket_tokens or [None] * len(buckets),
+        "selected": [b < keep_buckets for b in buckets],
+    }, schema=CUT_SCHEMA)
+
+
+class QualityCut(GlobalStep[QualityCutConfig]):
+    """Cut the scored dataset into buckets and pick the pool: the bucket table is the output,
+    the law's `PoolDecision` the summary (so the report can show why)."""
+
+    name: ClassVar[str] = "quality_cut"
+
+    def output_schema(self, inputs: Sequence[Dataset]) -> pa.Schema:
+        return CUT_SCHEMA
+
+    def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
+        cfg = self.config
+        cuts = cut_buckets(inputs[0], cfg.score_column, cfg.fractions, cfg.token_column)
+        decision = decide(cfg.law, cuts, cfg.budget, cfg.unit)
+        sink.write(cut_table(cuts, decision.keep_buckets))
+        return decision.model_dump(mode="json")
+
+
 # ---- 3. select -------------------------------------------------------------------------
 
 
-class QualitySelectConfig(StageConfig):
-    """The cuts and the decision: a new budget or new cuts is a new selection, same scores."""
+class SelectedPool(FrozenModel):
+    """What the select stage reads from a `quality_cut` dataset."""
 
-    score_column: str = "quality_score"
-    bucket_column: str = "quality_bucket"
     thresholds: list[float] = Field(min_length=1, description="Descending bucket cuts")
     keep_buckets: int = Field(ge=1, description="Keep buckets 0..keep_buckets-1")
-    decision: PoolDecision | None = Field(default=None,
-                                          description="Why keep_buckets (law, budget, sizes)")
 
     @model_validator(mode="after")
-    def _coherent(self) -> QualitySelectConfig:
+    def _descending(self) -> SelectedPool:
         cuts = np.asarray(self.thresholds, dtype=np.float64)
         if not np.all(np.isfinite(cuts)) or np.any(np.diff(cuts) > 0):
             raise ValueError(f"thresholds must be finite and descending: {self.thresholds}")
-        if self.keep_buckets > len(self.thresholds):
-            raise ValueError(f"keep_buckets={self.keep_buckets} but only "
-                             f"{len(self.thresholds)} buckets are cut")
         return self
 
+    @classmethod
+    def read(cls, ref: DatasetRef) -> SelectedPool:
+        """The cuts and the pool, checked: buckets 0..K-1, the selected ones the best."""
+        dataset = ref.open()
+        require_columns(dataset.schema, "quality_select",
+                        {"bucket": (pa.int16(),), "threshold": SCORE_TYPES,
+                         "selected": (pa.bool_(),)})
+        table = dataset.to_table(columns=["bucket", "threshold", "selected"]).sort_by("bucket")
+        selected = table.column("selected").to_pylist()
+        keep = sum(selected)
+        if table.column("bucket").to_pylist() != list(range(table.num_rows)) \
+                or selected != [True] * keep + [False] * (table.num_rows - keep):
+            raise StageInputError(f"{ref.uri} is not a quality cut: buckets must run 0..K-1 "
+                                  "and the selected ones be the best (0..k-1)")
+        try:
+            return cls(thresholds=table.column("threshold").to_pylist(), keep_buckets=keep)
+        except ValidationError as err:
+            raise StageInputError(f"{ref.uri}: {err}") from err
 
-def selection(cuts: QualityCuts, decision: PoolDecision,
-              score_column: str = "quality_score") -> QualitySelectConfig:
-    """The select stage's config: the cuts and the decision, carried into its lineage."""
-    return QualitySelectConfig(score_column=score_column, thresholds=cuts.thresholds,
-                               keep_buckets=decision.keep_buckets, decision=decision)
+
+class QualitySelectConfig(StageConfig):
+    """The cut dataset by content: new cuts or a new budget's pool is a new selection over
+    the same scores."""
+
+    score_column: str = "quality_score"
+    bucket_column: str = "quality_bucket"
+    cuts: DatasetRef = Field(description="A `quality_cut` output: cuts and selected buckets")
 
 
 class QualitySelect(MapStage[QualitySelectConfig]):
     name: ClassVar[str] = "quality_select"
 
+    def setup(self) -> None:
+        self.pool = SelectedPool.read(self.config.cuts)
+
     def check_input(self, schema: pa.Schema) -> None:
+        """The score column and a readable, coherent cut, before any worker starts."""
         require_columns(schema, self.name, {self.config.score_column: SCORE_TYPES})
+        SelectedPool.read(self.config.cuts)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         base = [f for f in input_schema if f.name != self.config.bucket_column]
@@ -330,18 +404,18 @@ class QualitySelect(MapStage[QualitySelectConfig]):
 
     def details(self) -> list[str]:
         """The reject detail per bucket (index K: below every bucket)."""
-        cfg = self.config
-        total = len(cfg.thresholds)
-        kept = f"kept buckets 0..{cfg.keep_buckets - 1} of {total}, 0 = best"
+        pool = self.pool
+        total = len(pool.thresholds)
+        kept = f"kept buckets 0..{pool.keep_buckets - 1} of {total}, 0 = best"
         lines = [f"quality bucket {b} ({kept})" for b in range(total)]
-        return [*lines, f"below all {total} quality buckets (score < {cfg.thresholds[-1]:.6g};"
+        return [*lines, f"below all {total} quality buckets (score < {pool.thresholds[-1]:.6g};"
                         f" {kept})"]
 
     def process(self, batch: pa.Table) -> Split:
-        cfg = self.config
+        cfg, pool = self.config, self.pool
         scores = batch.column(cfg.score_column).to_numpy(zero_copy_only=False).astype(np.float64)
         missing = np.isnan(scores)
-        buckets = assign_buckets(np.where(missing, -np.inf, scores), cfg.thresholds)
+        buckets = assign_buckets(np.where(missing, -np.inf, scores), pool.thresholds)
         if cfg.bucket_column in batch.column_names:
             batch = batch.drop_columns([cfg.bucket_column])
         batch = batch.append_column(pa.field(cfg.bucket_column, pa.int16()),
@@ -352,13 +426,13 @@ class QualitySelect(MapStage[QualitySelectConfig]):
             details: list[str | None] = [None] * batch.num_rows
             for i in np.flatnonzero(missing):
                 reasons[i], details[i] = "missing_score", "score is null or NaN"
-            for i in np.flatnonzero(~missing & (buckets >= cfg.keep_buckets)):
+            for i in np.flatnonzero(~missing & (buckets >= pool.keep_buckets)):
                 reasons[i], details[i] = REJECT_REASON, lines[buckets[i]]
             return split_by_reasons(batch, reasons, details, self.name)
-        keep = buckets < cfg.keep_buckets
+        keep = buckets < pool.keep_buckets
         rejected = batch.filter(pa.array(~keep))
-        dropped = buckets[~keep] - cfg.keep_buckets
-        detail = pa.array(self.details()[cfg.keep_buckets:], pa.string()).take(pa.array(dropped))
+        dropped = buckets[~keep] - pool.keep_buckets
+        detail = pa.array(self.details()[pool.keep_buckets:], pa.string()).take(pa.array(dropped))
         count = rejected.num_rows
         rejected = (rejected
                     .append_column(REJECT_COLUMNS[0], pa.repeat(REJECT_REASON, count))

@@ -4,23 +4,25 @@ Three passes, so the global part is an explicit barrier:
 1. `QuestionDedupScore` (map) writes each question's exact key, MinHash signature, and its
    closeness to a benchmark's test questions (GSM8K test by default): word n-gram overlap
    (the larger containment either way) and embedding cosine similarity.
-2. `plan_question_dedup` (driver) reads keys and signatures of the whole scored dataset and
-   decides which rows are exact or near duplicates with scoring/duplicates.py (the one
-   dedup every stage uses: each group keeps one row, by its survivor rule); it writes that
-   drop list to a file and returns a select config carrying its path and hash.
+2. `QuestionDedupPlan` (global step) reads keys and signatures of the whole scored dataset
+   and decides which rows are exact or near duplicates with scoring/duplicates.py (the one
+   dedup every stage uses: each group keeps one row, by its survivor rule); its output
+   dataset holds one row per dropped question, and the runner gives it a cache key,
+   lineage and reuse like any stage.
 3. `QuestionDedupSelect` (map) drops anything over the decontamination thresholds and the
-   listed duplicates, each naming the question its group keeps in `duplicate_of`, each
-   with its reason. Contaminated questions are left out of the grouping, so a kept copy
-   is never one this step rejects.
+   planned duplicates (its config pins the plan by content, a `DatasetRef`), each naming
+   the question its group keeps in `duplicate_of`, each with its reason. Contaminated
+   questions are left out of the grouping, so a kept copy is never one this step rejects;
+   a plan made with other thresholds is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,12 +39,13 @@ from gristmill.stages.base import (
     MapStage,
     Split,
     StageConfig,
+    StageInputError,
     reject_schema,
     require_columns,
     split_by_reasons,
 )
+from gristmill.stages.global_step import DatasetRef, GlobalStep, StepSink
 from gristmill.stages.question_columns import QuestionConfig, QuestionStage
-from gristmill.storage.fs import read_bytes, resolve, write_bytes_atomic
 from gristmill.storage.reader import Dataset
 
 
@@ -148,14 +151,11 @@ class QuestionDedupScore(QuestionStage[QuestionDedupScoreConfig]):
         return split_by_reasons(self.with_added(batch, values), reasons, details, self.name)
 
 
-class QuestionDedupSelectConfig(StageConfig):
-    """Carries the global decision (a drop-list file pinned by its hash) and the
-    decontamination thresholds; None switches a threshold off."""
+class Decontamination(FrozenModel):
+    """The decontamination thresholds; None switches one off. The plan and the select step
+    must share them: the plan leaves out of the grouping exactly what the select step
+    rejects, so no group keeps a copy that is then dropped."""
 
-    drop_list: str | None = Field(
-        default=None, description="JSON {thresholds: the two below, as planned with; drops: "
-                                  "{id: [reason, id of the kept copy, detail]}}")
-    drop_list_sha256: str | None = None
     max_bench_ngram_overlap: float | None = Field(default=0.5, ge=0, le=1)
     max_bench_embed_sim: float | None = Field(default=0.9, ge=-1, le=1)
 
@@ -174,24 +174,20 @@ class QuestionDedupSelectConfig(StageConfig):
         return None
 
 
+class QuestionDedupSelectConfig(StageConfig, Decontamination):
+    """Carries the global decision (the plan's output, pinned by content) and the
+    decontamination thresholds."""
+
+    drops: DatasetRef | None = Field(
+        default=None, description="A question_dedup_plan output: one row per dropped "
+                                  "question; None drops no duplicates")
+
+
 class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
     name: ClassVar[str] = "question_dedup"
 
     def setup(self) -> None:
-        cfg = self.config
-        self.drops: dict[str, list[str]] = {}
-        if cfg.drop_list is not None:
-            data = read_bytes(resolve(cfg.drop_list))
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != cfg.drop_list_sha256:
-                raise ValueError(f"drop list {cfg.drop_list} changed since it was planned "
-                                 f"(sha256 {digest} != {cfg.drop_list_sha256})")
-            plan = json.loads(data)
-            if plan["thresholds"] != cfg.thresholds():
-                raise ValueError(f"drop list {cfg.drop_list} was planned with thresholds "
-                                 f"{plan['thresholds']}, this step has {cfg.thresholds()}: "
-                                 "plan again, so no kept copy is a question this step rejects")
-            self.drops = plan["drops"]
+        self.drops = planned_drops(self.config)
 
     def check_input(self, schema: pa.Schema) -> None:
         require_columns(schema, self.name, {"id": STRING_TYPES,
@@ -252,31 +248,103 @@ def duplicate_drops(ids: list[str], keys: list[str], signatures: np.ndarray,
     return drops
 
 
-def plan_question_dedup(scored_uri: str, drop_list_uri: str, threshold: float = 0.7,
-                        base: QuestionDedupSelectConfig | None = None
-                        ) -> QuestionDedupSelectConfig:
-    """The barrier: stream ids, keys, signatures and benchmark scores, decide duplicates
-    among the questions the select step will not reject as contaminated (so no
-    `duplicate_of` names a question that step drops), write the drop list, and return the
-    select config that carries it."""
-    base = base or QuestionDedupSelectConfig()
-    ids: list[str] = []
-    keys: list[str] = []
-    rows: list[np.ndarray] = []
-    columns = ["id", "dedup_key", "minhash", "bench_ngram_overlap", "bench_embed_sim"]
-    for batch in Dataset.open(scored_uri).iter_batches(columns=columns):
-        clean = np.array([base.contamination(overlap, sim) is None for overlap, sim in zip(
-            batch.column("bench_ngram_overlap").to_pylist(),
-            batch.column("bench_embed_sim").to_pylist(), strict=True)], bool)
-        ids += [i for i, c in zip(batch.column("id").to_pylist(), clean, strict=True) if c]
-        keys += [k for k, c in zip(batch.column("dedup_key").to_pylist(), clean,
-                                   strict=True) if c]
-        flat = batch.column("minhash").flatten().to_numpy(zero_copy_only=False)
-        if batch.num_rows:
-            rows.append(flat.reshape(batch.num_rows, -1)[clean])
-    signatures = np.concatenate(rows) if rows else np.zeros((0, 1), np.uint64)
-    drops = duplicate_drops(ids, keys, signatures, threshold)
-    data = json.dumps({"thresholds": base.thresholds(), "drops": drops}, sort_keys=True).encode()
-    write_bytes_atomic(resolve(drop_list_uri), data)
-    return base.with_(drop_list=resolve(drop_list_uri).uri(),
-                      drop_list_sha256=hashlib.sha256(data).hexdigest())
+DROPS_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
+                          pa.field("duplicate_of", pa.string()),
+                          pa.field("detail", pa.string())])
+
+
+class QuestionDedupPlanConfig(Decontamination):
+    """What the drop list depends on: the near-duplicate threshold, and the decontamination
+    thresholds, since contaminated questions are left out of the grouping."""
+
+    near_duplicate_threshold: float = Field(default=0.7, gt=0, le=1,
+                                            description="MinHash Jaccard for near duplicates")
+
+
+class Grouping(NamedTuple):
+    """The questions that take part in the grouping: those the select step keeps unless
+    they are duplicates."""
+
+    ids: list[str]
+    keys: list[str]
+    signatures: np.ndarray
+
+
+class QuestionDedupPlan(GlobalStep[QuestionDedupPlanConfig]):
+    """The barrier: streams ids, keys, signatures and benchmark scores of the whole scored
+    dataset and writes one row per duplicate, named by id (sorted, so the output does not
+    depend on how the input was sharded)."""
+
+    name: ClassVar[str] = "question_dedup_plan"
+
+    NEEDS: ClassVar[ColumnTypes] = {"id": STRING_TYPES, "dedup_key": STRING_TYPES,
+                                    "minhash": (pa.list_(pa.uint64()),),
+                                    "bench_ngram_overlap": (pa.float32(),),
+                                    "bench_embed_sim": (pa.float32(),)}
+
+    def output_schema(self, inputs: Sequence[Dataset]) -> pa.Schema:
+        if len(inputs) != 1:
+            raise StageInputError(f"{self.name} reads one scored dataset, got {len(inputs)}")
+        require_columns(inputs[0].schema, self.name, self.NEEDS)
+        return DROPS_SCHEMA
+
+    def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
+        grouping = self.grouping(inputs[0], sink)
+        drops = duplicate_drops(grouping.ids, grouping.keys, grouping.signatures,
+                                self.config.near_duplicate_threshold)
+        sink.write(drops_table(drops))
+        return {"questions": inputs[0].num_rows,
+                "contaminated": inputs[0].num_rows - len(grouping.ids),
+                **Counter(reason for reason, _, _ in drops.values())}
+
+    def grouping(self, scored: Dataset, sink: StepSink) -> Grouping:
+        """The rows the select step will not reject as contaminated (so no `duplicate_of`
+        names a question that step drops)."""
+        ids: list[str] = []
+        keys: list[str] = []
+        rows: list[np.ndarray] = []
+        task = sink.progress.add_task(self.name, total=scored.num_rows)
+        for batch in scored.iter_batches(columns=list(self.NEEDS)):
+            clean = np.array([self.config.contamination(overlap, sim) is None
+                              for overlap, sim in zip(
+                                  batch.column("bench_ngram_overlap").to_pylist(),
+                                  batch.column("bench_embed_sim").to_pylist(), strict=True)],
+                             bool)
+            ids += [i for i, c in zip(batch.column("id").to_pylist(), clean, strict=True) if c]
+            keys += [k for k, c in zip(batch.column("dedup_key").to_pylist(), clean,
+                                       strict=True) if c]
+            flat = batch.column("minhash").flatten().to_numpy(zero_copy_only=False)
+            if batch.num_rows:
+                rows.append(flat.reshape(batch.num_rows, -1)[clean])
+            sink.progress.advance(task, batch.num_rows)
+        signatures = np.concatenate(rows) if rows else np.zeros((0, 1), np.uint64)
+        return Grouping(ids, keys, signatures)
+
+
+def drops_table(drops: dict[str, list[str]]) -> pa.Table:
+    """`duplicate_drops` as the plan's rows, in id order."""
+    order = sorted(drops)
+    return pa.table({"id": order, **{column: [drops[i][k] for i in order] for k, column in
+                                     enumerate(("reason", "duplicate_of", "detail"))}},
+                    schema=DROPS_SCHEMA)
+
+
+def planned_drops(config: QuestionDedupSelectConfig) -> dict[str, tuple[str, str, str]]:
+    """{dropped id: (reason, kept id, detail)} from the pinned plan. `DatasetRef.open`
+    refuses a plan whose content changed since it was pinned; a plan made with other
+    decontamination thresholds is refused too, since its groups may keep a copy this step
+    rejects as contaminated."""
+    if config.drops is None:
+        return {}
+    plan = config.drops.open()
+    lineage = plan.manifest.lineage
+    if lineage is None or lineage.stage != QuestionDedupPlan.name:
+        raise StageInputError(f"{plan.uri} is not a {QuestionDedupPlan.name} output: plan "
+                              "again with QuestionDedupPlan")
+    planned = QuestionDedupPlanConfig.model_validate(lineage.config).thresholds()
+    if planned != config.thresholds():
+        raise StageInputError(f"the drop list {plan.uri} was planned with thresholds "
+                              f"{planned}, this step has {config.thresholds()}: plan again, "
+                              "so no kept copy is a question this step rejects")
+    return {row["id"]: (row["reason"], row["duplicate_of"], row["detail"])
+            for row in plan.to_table().to_pylist()}

@@ -1,11 +1,12 @@
 """Question difficulty (ScaleQuest step 4): score once, then sample to a target mix.
 
 `DifficultyScore` writes a `difficulty` column with a pluggable scorer: a judge LLM that
-rates 1-10, or a sequence-classification model by path. `plan_difficulty_sample` is the
-driver's barrier step: it reads every score and turns a target distribution over difficulty
-bins into per-bin hash thresholds, which `DifficultySample`'s config then carries (so the
-decision is in the lineage and the cache key). Rows are ranked inside a bin by a seeded hash
-of their id, so each bin keeps an exact, reproducible count.
+rates 1-10, or a sequence-classification model by path. `DifficultyPlan` is the global step:
+it reads every score and turns a target distribution over difficulty bins into per-bin hash
+thresholds, one output row per bin, which `DifficultySample`'s config pins by content (so
+the decision is in the lineage and the cache key, and the sample applies the plan's own
+bins, seed and score column). Rows are ranked inside a bin by a seeded hash of their id, so
+each bin keeps an exact, reproducible count.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from gristmill.config import FrozenModel
 from gristmill.inference import Generator, GeneratorConfig, ModelPath, load_generator
 from gristmill.stages.base import (
     STRING_TYPES,
@@ -26,9 +30,11 @@ from gristmill.stages.base import (
     Rejections,
     Split,
     StageConfig,
+    StageInputError,
     require_columns,
     split_by_reasons,
 )
+from gristmill.stages.global_step import DatasetRef, GlobalStep, StepSink
 from gristmill.stages.question_columns import (
     EMPTY_QUESTION,
     QuestionConfig,
@@ -130,17 +136,18 @@ def hash_uniform(ids: list[str], seed: int) -> np.ndarray:
                                     .digest(), "big") / 2.0**64 for i in ids])
 
 
-class DifficultySampleConfig(StageConfig):
-    """Carries the sampling decision: bin edges and each bin's hash threshold. The defaults
-    (one bin, threshold 1) keep every row: the paper leaves difficulty sampling open."""
+class DifficultyPlanConfig(FrozenModel):
+    """A target mix over difficulty bins: everything the plan's thresholds depend on, and
+    everything the sample step needs besides them (bins, seed, score column)."""
 
     score_column: str = "difficulty"
-    edges: list[float] = Field(default_factory=list,
-                               description="Inner bin edges; bin b is [edges[b-1], edges[b])")
-    thresholds: list[float] = Field(default_factory=lambda: [1.0],
-                                    description="Keep a row when its id hash is below this")
-    keep_unscored: bool = True
-    seed: int = 0
+    edges: list[float] = Field(default_factory=lambda: [4.0, 7.0],
+                               description="Inner bin edges (default: 1-3, 4-6, 7-10); "
+                                           "bin b is [edges[b-1], edges[b])")
+    weights: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.4],
+                                 description="Target share per bin")
+    target_count: int | None = Field(default=None, ge=0, description="At most this many")
+    seed: int = Field(default=0, description="Seeds the id hash that orders rows in a bin")
 
     @field_validator("edges")
     @classmethod
@@ -150,14 +157,25 @@ class DifficultySampleConfig(StageConfig):
         return edges
 
     @model_validator(mode="after")
-    def _one_threshold_per_bin(self) -> DifficultySampleConfig:
-        if len(self.thresholds) != len(self.edges) + 1:
-            raise ValueError(f"{len(self.edges)} edges make {len(self.edges) + 1} bins; "
-                             f"got {len(self.thresholds)} thresholds")
+    def _one_weight_per_bin(self) -> DifficultyPlanConfig:
+        if len(self.weights) != len(self.edges) + 1 or min(self.weights) < 0 \
+                or sum(self.weights) <= 0:
+            raise ValueError(f"{len(self.edges)} edges make {len(self.edges) + 1} bins: need "
+                             f"as many non-negative weights with a positive sum, got "
+                             f"{self.weights}")
         return self
 
     def bin_of(self, score: float) -> int:
         return bisect.bisect_right(self.edges, score)
+
+
+class DifficultySampleConfig(StageConfig):
+    """Pins the sampling decision: a difficulty_plan output. The default (no plan) keeps
+    every row: the paper leaves difficulty sampling open."""
+
+    plan: DatasetRef | None = Field(default=None, description="A difficulty_plan output: "
+                                                              "one hash threshold per bin")
+    keep_unscored: bool = True
 
 
 def sampling_thresholds(bins: np.ndarray, order: np.ndarray, weights: list[float],
@@ -183,52 +201,116 @@ def sampling_thresholds(bins: np.ndarray, order: np.ndarray, weights: list[float
     return thresholds, keep.tolist()
 
 
-def plan_difficulty_sample(uri: str, edges: list[float], weights: list[float],
-                           target_count: int | None = None, seed: int = 0,
-                           score_column: str = "difficulty") -> DifficultySampleConfig:
-    """Read every score of a committed scored dataset and fix the per-bin thresholds."""
-    if len(weights) != len(edges) + 1 or sum(weights) <= 0:
-        raise ValueError(f"need {len(edges) + 1} non-negative weights with a positive sum")
-    config = DifficultySampleConfig(score_column=score_column, edges=edges,
-                                    thresholds=[1.0] * len(weights), seed=seed)
-    ids: list[str] = []
-    bins: list[int] = []
-    for batch in Dataset.open(uri).iter_batches(columns=["id", score_column]):
-        for row_id, score in zip(batch.column("id").to_pylist(),
-                                 batch.column(score_column).to_pylist(), strict=True):
-            if score is not None:
-                ids.append(row_id)
-                bins.append(config.bin_of(score))
-    thresholds, _ = sampling_thresholds(np.array(bins, dtype=int), hash_uniform(ids, seed),
-                                        weights, target_count)
-    return config.with_(thresholds=thresholds)
+PLAN_SCHEMA = pa.schema([
+    pa.field("bin", pa.int32()), pa.field("low", pa.float64()), pa.field("high", pa.float64()),
+    pa.field("weight", pa.float64()), pa.field("threshold", pa.float64()),
+    pa.field("scored", pa.int64()), pa.field("kept", pa.int64())])
+"""One row per bin: its bounds (null = open), target share, the hash threshold the sample
+step applies, and how many scored rows it holds and keeps."""
+
+
+class DifficultyPlan(GlobalStep[DifficultyPlanConfig]):
+    """The barrier: reads every score of the committed scored dataset and fixes the
+    per-bin thresholds."""
+
+    name: ClassVar[str] = "difficulty_plan"
+
+    def output_schema(self, inputs: Sequence[Dataset]) -> pa.Schema:
+        if len(inputs) != 1:
+            raise StageInputError(f"{self.name} reads one scored dataset, got {len(inputs)}")
+        require_columns(inputs[0].schema, self.name, {
+            "id": STRING_TYPES, self.config.score_column: (pa.float32(), pa.float64())})
+        return PLAN_SCHEMA
+
+    def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
+        cfg = self.config
+        ids, bins = self.scored_bins(inputs[0], sink)
+        thresholds, kept = sampling_thresholds(bins, hash_uniform(ids, cfg.seed), cfg.weights,
+                                               cfg.target_count)
+        bounds: list[float | None] = [None, *cfg.edges, None]
+        sink.write(pa.table({
+            "bin": list(range(len(cfg.weights))), "low": bounds[:-1], "high": bounds[1:],
+            "weight": cfg.weights, "threshold": thresholds,
+            "scored": np.bincount(bins, minlength=len(cfg.weights)).tolist(), "kept": kept},
+            schema=PLAN_SCHEMA))
+        return {"scored": len(ids), "unscored": inputs[0].num_rows - len(ids),
+                "kept": sum(kept)}
+
+    def scored_bins(self, dataset: Dataset, sink: StepSink) -> tuple[list[str], np.ndarray]:
+        """Ids and bins of the rows with a score; unscored rows are the sample's
+        `keep_unscored` call, not the plan's."""
+        column = self.config.score_column
+        ids: list[str] = []
+        bins: list[int] = []
+        task = sink.progress.add_task(self.name, total=dataset.num_rows)
+        for batch in dataset.iter_batches(columns=["id", column]):
+            for row_id, score in zip(batch.column("id").to_pylist(),
+                                     batch.column(column).to_pylist(), strict=True):
+                if score is not None:
+                    ids.append(row_id)
+                    bins.append(self.config.bin_of(score))
+            sink.progress.advance(task, batch.num_rows)
+        return ids, np.array(bins, dtype=int)
+
+
+class SamplingPlan(NamedTuple):
+    """What the sample step applies: the plan's target (bins, seed, score column) and the
+    hash threshold of each bin."""
+
+    target: DifficultyPlanConfig
+    thresholds: list[float]
+
+
+KEEP_ALL = SamplingPlan(DifficultyPlanConfig(edges=[], weights=[1.0]), [1.0])
+
+
+def load_sampling_plan(ref: DatasetRef | None) -> SamplingPlan:
+    """The pinned plan (`DatasetRef.open` refuses one whose content changed), with the
+    target it was planned with from its lineage, so the sample cannot bin or hash
+    differently from the plan."""
+    if ref is None:
+        return KEEP_ALL
+    plan = ref.open()
+    lineage = plan.manifest.lineage
+    if lineage is None or lineage.stage != DifficultyPlan.name:
+        raise StageInputError(f"{plan.uri} is not a {DifficultyPlan.name} output: plan again "
+                              "with DifficultyPlan")
+    target = DifficultyPlanConfig.model_validate(lineage.config)
+    table = plan.to_table(columns=["bin", "threshold"]).sort_by("bin")
+    return SamplingPlan(target, table.column("threshold").to_pylist())
 
 
 class DifficultySample(MapStage[DifficultySampleConfig]):
     name: ClassVar[str] = "difficulty_sample"
 
+    @cached_property
+    def plan(self) -> SamplingPlan:
+        """Loaded on first use: by `check_input` on the driver, so a changed plan is refused
+        before any work, and in each worker."""
+        return load_sampling_plan(self.config.plan)
+
     def check_input(self, schema: pa.Schema) -> None:
         require_columns(schema, self.name, {"id": STRING_TYPES,
-                                            self.config.score_column: (pa.float32(),
-                                                                       pa.float64())})
+                                            self.plan.target.score_column: (pa.float32(),
+                                                                            pa.float64())})
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return input_schema
 
     def process(self, batch: pa.Table) -> Split:
-        cfg = self.config
-        ids = batch.column("id").to_pylist()
-        draws = hash_uniform(ids, cfg.seed)
+        target, thresholds = self.plan
+        draws = hash_uniform(batch.column("id").to_pylist(), target.seed)
         reasons: list[str | None] = []
         details: list[str | None] = []
-        for score, draw in zip(batch.column(cfg.score_column).to_pylist(), draws, strict=True):
+        for score, draw in zip(batch.column(target.score_column).to_pylist(), draws,
+                               strict=True):
             if score is None:
-                keep = cfg.keep_unscored
+                keep = self.config.keep_unscored
                 reasons.append(None if keep else "unscored")
                 details.append(None if keep else "no difficulty score")
                 continue
-            b = cfg.bin_of(score)
-            keep = draw < cfg.thresholds[b]
+            b = target.bin_of(score)
+            keep = draw < thresholds[b]
             reasons.append(None if keep else "difficulty_sampled_out")
-            details.append(None if keep else f"bin {b} keeps hash < {cfg.thresholds[b]:.4f}")
+            details.append(None if keep else f"bin {b} keeps hash < {thresholds[b]:.4f}")
         return split_by_reasons(batch, reasons, details, self.name)

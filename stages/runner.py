@@ -330,7 +330,7 @@ def _read_records(out: Location) -> dict[int, UnitRecord]:
     return records
 
 
-def _check_disjoint(out: Location, refs: list[InputRef]) -> None:
+def check_disjoint(out: Location, refs: list[InputRef]) -> None:
     """Refuse an output that is, holds, or sits inside an input: clearing it would eat it."""
     for ref in refs:
         source = resolve(ref.uri)
@@ -378,7 +378,7 @@ def run_stage(
     payload = config.hash_payload()
     key = cache_key(stage.name, payload, refs, code, runtime.storage)
     out = resolve(output)
-    _check_disjoint(out, refs)
+    check_disjoint(out, refs)
 
     committed = _committed(out)
     if committed is not None and committed.lineage is not None \

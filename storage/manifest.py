@@ -83,6 +83,8 @@ class Manifest(BaseModel):
     rejected: str | None = Field(default=None, description="sub-folder of rejected rows")
     lineage: Lineage | None = None
     stats: StageStats | None = None
+    summary: dict[str, Any] = Field(
+        default_factory=dict, description="What a global step found, for reports")
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -94,6 +96,7 @@ class Manifest(BaseModel):
         rejected: str | None = None,
         lineage: Lineage | None = None,
         stats: StageStats | None = None,
+        summary: dict[str, Any] | None = None,
     ) -> Manifest:
         return cls(
             arrow_schema=encode_schema(schema),
@@ -104,6 +107,7 @@ class Manifest(BaseModel):
             rejected=rejected,
             lineage=lineage,
             stats=stats,
+            summary=summary or {},
         )
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -204,7 +205,8 @@ def _is_gristmill_folder(out: Location, *, need_marker: bool = True) -> bool:
     """True for a folder a gristmill writer made (or an empty one): safe to clear.
 
     It must hold a manifest or a run's progress folder, and nothing but shards named like
-    ours, temp files of atomic writes, and a rejected/ folder of the same kind.
+    ours, temp files of atomic writes, a rejected/ folder of the same kind, and committed
+    datasets of its own (a global step's parts, such as a partition's).
     """
     entries = out.fs.get_file_info(pafs.FileSelector(out.path))
     names = {entry.base_name for entry in entries}
@@ -217,8 +219,20 @@ def _is_gristmill_folder(out: Location, *, need_marker: bool = True) -> bool:
             continue
         if name == REJECTED_DIR and _is_gristmill_folder(out.join(name), need_marker=False):
             continue
+        if entry.type == pafs.FileType.Directory and _holds_datasets(out.join(name)):
+            continue
         return False
     return True
+
+
+def _holds_datasets(folder: Location) -> bool:
+    """A committed dataset of ours, or a folder of nothing but such (a part named a/b)."""
+    if is_committed(folder):
+        return _is_gristmill_folder(folder)
+    entries = folder.fs.get_file_info(pafs.FileSelector(folder.path))
+    return bool(entries) and all(entry.type == pafs.FileType.Directory
+                                 and _holds_datasets(folder.join(entry.base_name))
+                                 for entry in entries)
 
 
 def remove_unlisted_shards(folder: Location, listed: set[str]) -> None:
@@ -255,6 +269,7 @@ def commit_dataset(
     rejected: tuple[pa.Schema, Iterable[ShardInfo]] | None = None,
     lineage: Lineage | None = None,
     stats: StageStats | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> Manifest:
     """Commit a dataset: the rejected sub-dataset first, the main manifest last."""
     if rejected is not None:
@@ -263,7 +278,7 @@ def commit_dataset(
             rejected_schema, list(rejected_shards), lineage=lineage))
     manifest = Manifest.build(
         schema, list(shards), rejected=REJECTED_DIR if rejected is not None else None,
-        lineage=lineage, stats=stats,
+        lineage=lineage, stats=stats, summary=summary,
     )
     commit_manifest(out, manifest)
     return manifest
@@ -304,13 +319,14 @@ class DatasetWriter:
             raise ValueError("this writer was opened without a rejected_schema")
         self.rejected.write(table)
 
-    def commit(self, *, lineage: Lineage | None = None,
-               stats: StageStats | None = None) -> Manifest:
+    def commit(self, *, lineage: Lineage | None = None, stats: StageStats | None = None,
+               summary: dict[str, Any] | None = None) -> Manifest:
         rejected = None
         if self.rejected is not None:
             rejected = (self.rejected.schema, self.rejected.close())
         self.manifest = commit_dataset(self.out, self.kept.schema, self.kept.close(),
-                                       rejected=rejected, lineage=lineage, stats=stats)
+                                       rejected=rejected, lineage=lineage, stats=stats,
+                                       summary=summary)
         return self.manifest
 
     def abort(self) -> None:

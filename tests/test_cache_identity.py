@@ -11,7 +11,7 @@ import shutil
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, ClassVar
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 import ray.cloudpickle
 
-from gristmill.config import RuntimeConfig, StorageConfig
+from gristmill.config import FrozenModel, RuntimeConfig, StorageConfig
 from gristmill.inference import (
     EmbedderConfig,
     GeneratorConfig,
@@ -40,7 +40,7 @@ from gristmill.stages.base import (
 )
 from gristmill.stages.code_version import code_version, reachable_modules
 from gristmill.stages.embed import Embed, EmbedConfig
-from gristmill.stages.prune import PruneConfig, barrier_key
+from gristmill.stages.global_step import GlobalStep, StepSink, step_cache_key
 from gristmill.stages.quality_filter import QualityScoreConfig
 from gristmill.stages.quality_scorers import ClipScorerConfig, EmbeddingClassifierScorerConfig
 from gristmill.stages.question_difficulty import DifficultyScoreConfig
@@ -157,15 +157,33 @@ def test_every_model_path_field_is_keyed_by_content(tmp_path: Path) -> None:
     assert AnswerSelectConfig().hash_payload()["reward_model"] is None
 
 
-def test_prune_barriers_key_the_embedder_by_content(tmp_path: Path) -> None:
+class _EmbedderStepConfig(FrozenModel):
+    embedder: EmbedderConfig
+
+
+class _EmbedderStep(GlobalStep[_EmbedderStepConfig]):
+    """A global step whose config names a model: only its cache key is exercised."""
+
+    name: ClassVar[str] = "embedder_probe"
+
+    def output_schema(self, inputs: Sequence[Dataset]) -> pa.Schema:
+        return pa.schema([])
+
+    def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict:
+        return {}
+
+
+def test_global_steps_key_models_by_content(tmp_path: Path) -> None:
     original = fake_model(tmp_path / "a" / "model")
     copy = shutil.copytree(original, tmp_path / "b" / "model")
-    keys = [barrier_key("decisions", PruneConfig(embed=EmbedConfig(
-        embedder=EmbedderConfig(model=str(folder)))), []) for folder in (original, copy)]
-    assert keys[0] == keys[1]
+    runtime = RuntimeConfig(progress=False)
+
+    def key(folder: Path) -> str:
+        step = _EmbedderStep(_EmbedderStepConfig(embedder=EmbedderConfig(model=str(folder))))
+        return step_cache_key(step, [], runtime)[0]
+    assert key(original) == key(copy)
     (original / "model.safetensors").write_bytes(b"retrained")
-    changed = PruneConfig(embed=EmbedConfig(embedder=EmbedderConfig(model=str(original))))
-    assert barrier_key("decisions", changed, []) != keys[0]
+    assert key(original) != key(copy)
 
 
 def test_a_missing_model_keys_as_missing_and_still_fails_where_it_loads(tmp_path: Path) -> None:

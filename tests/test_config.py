@@ -49,7 +49,7 @@ def test_the_shipped_demo_config_validates() -> None:
 
 
 @pytest.mark.parametrize(("flow", "name"), [
-    ("filter_quality", "quality.yaml"), ("prune", "prune.yaml"),
+    ("quality_filter", "quality.yaml"), ("prune", "prune.yaml"),
     ("synthesize_questions", "scalequest.yaml"), ("build_datastore", "datastore.yaml")])
 def test_every_shipped_flow_config_validates(flow: str, name: str) -> None:
     from gristmill.flows.registry import FLOWS

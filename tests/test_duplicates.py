@@ -24,12 +24,15 @@ from gristmill.scoring.duplicates import (
 )
 from gristmill.scoring.near_dup import MinHasher, exact_key
 from gristmill.sources import resolve as resolve_source
+from gristmill.stages.global_step import run_global_step
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.question_dedup import (
+    QuestionDedupPlan,
+    QuestionDedupPlanConfig,
     QuestionDedupScore,
     QuestionDedupScoreConfig,
     QuestionDedupSelect,
-    plan_question_dedup,
+    QuestionDedupSelectConfig,
 )
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
@@ -167,8 +170,7 @@ def test_question_dedup_keeps_one_copy_of_each_repeated_question(tmp_path: Path)
                                                          benchmark=None, embed=False))
     scorer.setup()
     write_table(str(tmp_path / "scored"), scorer.process(table).kept)
-    select_config = plan_question_dedup(str(tmp_path / "scored"), str(tmp_path / "drops.json"))
-    stage = QuestionDedupSelect(select_config)
+    stage = QuestionDedupSelect(planned_select(tmp_path))
     stage.setup()
     split = stage.process(Dataset.open(str(tmp_path / "scored")).to_table())
     assert (split.kept.num_rows, split.rejected.num_rows) == (30, 2)
@@ -178,6 +180,15 @@ def test_question_dedup_keeps_one_copy_of_each_repeated_question(tmp_path: Path)
     for row in split.rejected.to_pylist():
         assert row["reject_reason"] == "exact_duplicate"
         assert row["duplicate_of"] in kept_ids and row["duplicate_of"] != row["id"]
+
+
+def planned_select(tmp_path: Path) -> QuestionDedupSelectConfig:
+    """Plan the drops over `tmp_path/scored` (default thresholds on both sides) and pin the
+    plan in the select config, as the flow does."""
+    plan = run_global_step(QuestionDedupPlan(QuestionDedupPlanConfig()),
+                           [str(tmp_path / "scored")], str(tmp_path / "plan"),
+                           RuntimeConfig(progress=False))
+    return QuestionDedupSelectConfig(drops=plan.ref)
 
 
 def _scenario_ingest(tmp_path: Path) -> pa.Table:
@@ -239,8 +250,7 @@ def test_a_contaminated_question_is_never_the_copy_its_group_keeps(tmp_path: Pat
         "bench_ngram_nearest": ["a benchmark question", None, None],
         "bench_embed_nearest": pa.array([None, None, None], pa.string())})
     write_table(str(tmp_path / "scored"), scored)
-    stage = QuestionDedupSelect(plan_question_dedup(str(tmp_path / "scored"),
-                                                    str(tmp_path / "drops.json")))
+    stage = QuestionDedupSelect(planned_select(tmp_path))
     stage.setup()
     split = stage.process(scored)
     assert split.kept.column("id").to_pylist() == ["q1", "q2"]

@@ -62,7 +62,7 @@ def task_states(flow_run_id: object) -> dict[str, str]:
     return {run.name: run.state.name for run in runs}
 
 
-def test_curate_runs_each_stage_as_a_task_with_a_report_and_caches_reruns(
+def test_curate_runs_each_stage_as_a_task_with_a_report_and_reuses_on_rerun(
         tmp_path: Path) -> None:
     params = small_curate(tmp_path, text_filter=TextFilterConfig(min_words=10))
     first = curate_flow(params, return_state=True)
@@ -87,18 +87,28 @@ def test_curate_runs_each_stage_as_a_task_with_a_report_and_caches_reruns(
     assert "too_few_words" in reports["text-filter-report"]
     assert "| text_filter | 2 | 1 | 1 | too_few_words 1 |" in run_report[0].data
 
+    written = {step: Dataset.open(str(tmp_path / "run" / step)).manifest.created
+               for step in ("ingest", "text_filter")}
     second = curate_flow(params, return_state=True)
     states = task_states(second.state_details.flow_run_id)
-    assert (states["ingest"], states["text_filter"]) == ("Cached", "Cached")
+    assert (states["ingest"], states["text_filter"]) == ("Completed", "Completed")
+    assert written == {step: Dataset.open(str(tmp_path / "run" / step)).manifest.created
+                       for step in ("ingest", "text_filter")}, "reused, not written again"
+    with get_client(sync_client=True) as client:
+        latest = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["text-filter-report"])))
+    assert any("(reused: inputs, config and code unchanged)" in a.data for a in latest)
 
 
 def test_a_deleted_output_is_recomputed_not_served_from_the_cache(tmp_path: Path) -> None:
     params = small_curate(tmp_path, text_filter=TextFilterConfig(min_words=10))
     curate_flow(params)
+    ingested = Dataset.open(str(tmp_path / "run" / "ingest")).manifest.created
     shutil.rmtree(tmp_path / "run" / "text_filter")
     again = curate_flow(params, return_state=True)
     states = task_states(again.state_details.flow_run_id)
-    assert (states["ingest"], states["text_filter"]) == ("Cached", "Completed")
+    assert (states["ingest"], states["text_filter"]) == ("Completed", "Completed")
+    assert Dataset.open(str(tmp_path / "run" / "ingest")).manifest.created == ingested
     assert Dataset.open(str(tmp_path / "run" / "text_filter")).num_rows == 1
 
 
@@ -117,10 +127,13 @@ def test_mix_flow_writes_samples_and_a_report_with_the_probability_plot(tmp_path
                        runtime=RuntimeConfig(progress=False))
     result = mix_flow(params)
     assert Dataset.open(result.output).num_rows == 80
+    assert result.summary["samples"] == 80 and not result.reused
     assert (tmp_path / "mix.png").read_bytes().startswith(b"\x89PNG")
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["mix-report"])))
-    report = next(a.data for a in artifacts if f"`{result.output}`" in a.data)
-    assert "data:image/png;base64," in report
-    assert "| small | 20 |" in report
+            key=ArtifactFilterKey(any_=["mixture-report", "mix-report"])))
+    reports = {a.key: a.data for a in artifacts if f"`{result.output}`" in a.data}
+    assert "data:image/png;base64," in reports["mixture-report"]
+    assert "| small | 20 |" in reports["mixture-report"]
+    assert "| samples | 80 |" in reports["mix-report"]
+    assert mix_flow(params).reused

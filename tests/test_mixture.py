@@ -20,7 +20,9 @@ from gristmill.loading.mixture import (
     MixtureStream,
 )
 from gristmill.scoring.temperature import ConstantSchedule, CooldownSchedule, temperature_probs
-from gristmill.stages.mix import run_mix
+from gristmill.stages.base import StageInputError
+from gristmill.stages.global_step import StepResult, run_global_step
+from gristmill.stages.mix import Mix, domain_uris
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
@@ -154,19 +156,36 @@ def test_bad_mixtures_are_clear_errors(tmp_path: Path, domains: list[DomainSpec]
         MixtureStream(MixtureConfig(domains=domains, size_by="tokens"))
 
 
-def test_mix_stage_materializes_the_plan_and_is_reused(tmp_path: Path,
-                                                      domains: list[DomainSpec]) -> None:
+def test_mix_step_materializes_the_plan_and_is_reused(tmp_path: Path,
+                                                     domains: list[DomainSpec]) -> None:
     config = MixtureConfig(domains=domains, total_steps=20, batch_size=16)
     out = str(tmp_path / "mixed")
     quiet = RuntimeConfig(progress=False)
-    first = run_mix(config, out, quiet)
+
+    def mix(mixture: MixtureConfig) -> StepResult:
+        return run_global_step(Mix(mixture), domain_uris(mixture), out, quiet)
+
+    first = mix(config)
     table = Dataset.open(out, verify=True).to_table()
     assert table.num_rows == first.stats.rows_out == 20 * 16
     assert table.column("step").to_pylist() == [s for s in range(20) for _ in range(16)]
     streamed = [i for b in MixtureStream(config) for i in b.column("id").to_pylist()]
     assert table.column("id").to_pylist() == streamed
-    assert run_mix(config, out, quiet).reused
-    assert not run_mix(config.model_copy(update={"seed": 1}), out, quiet).reused
+    drawn = first.summary["samples_per_domain"]
+    assert list(drawn) == [d.name for d in domains] and sum(drawn.values()) == 20 * 16
+    assert drawn == {d.name: table.column("domain").to_pylist().count(d.name) for d in domains}
+    assert (first.summary["steps"], first.stats.rows_in) == (20, sum(SIZES))
+    again = mix(config)
+    assert again.reused and again.ref == first.ref and again.summary == first.summary
+    assert not mix(config.model_copy(update={"seed": 1})).reused
+
+
+def test_mix_step_refuses_inputs_that_are_not_its_domains(tmp_path: Path,
+                                                         domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=2)
+    with pytest.raises(StageInputError, match="inputs must be the mixture's domains"):
+        run_global_step(Mix(config), domain_uris(config)[::-1], str(tmp_path / "mixed"),
+                        RuntimeConfig(progress=False))
 
 
 def test_the_probability_plot_is_a_png(domains: list[DomainSpec]) -> None:

@@ -21,25 +21,28 @@ from gristmill.sources import resolve
 from gristmill.stages.base import StageInputError
 from gristmill.stages.dedup import DedupConfig
 from gristmill.stages.embed import EmbedConfig
+from gristmill.stages.global_step import DatasetRef, run_global_step
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
 from gristmill.stages.prune import (
     DECISION_SCHEMA,
+    CentroidsConfig,
     ClusteringConfig,
-    DatasetRef,
+    DecisionsConfig,
     PrototypeConfig,
+    PruneCentroids,
     PruneConfig,
+    PruneDecisions,
     PruneScore,
     PruneScoreConfig,
     PruneSelect,
     PruneSelectConfig,
-    build_centroids,
-    build_decisions,
 )
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vector_array
 from gristmill.storage.writer import write_table
 
+QUIET = RuntimeConfig(progress=False)
 PASSAGES = 24
 COPIED = 6
 COPIES = 2
@@ -83,7 +86,8 @@ def test_clustering_an_empty_embedding_set_says_why(tmp_path: Path) -> None:
     write_table(uri, pa.table({"id": pa.array([], pa.string()),
                                "embedding": vector_array(np.zeros((0, 4), np.float32))}))
     with pytest.raises(StageInputError, match="embed stage rejected every row"):
-        build_centroids(uri, PruneConfig(), str(tmp_path / "centroids"))
+        run_global_step(PruneCentroids(CentroidsConfig()), [uri], str(tmp_path / "centroids"),
+                        QUIET)
 
 
 def test_select_rejects_listed_ids_with_reason_survivor_and_score(tmp_path: Path) -> None:
@@ -163,19 +167,21 @@ def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(
             key=ArtifactFilterKey(any_=["prune-report"])))
     assert "data:image/png;base64," in artifacts[-1].data
     assert "exact_duplicate" in artifacts[-1].data
+    with get_client(sync_client=True) as client:
+        steps = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["prune-centroids-report", "prune-decisions-report"])))
+    assert {a.key for a in steps} == {"prune-centroids-report", "prune-decisions-report"}
+    assert any("| sample_rows |" in a.data for a in steps), "the step's summary is reported"
 
-    def no_recompute(*_: object, **__: object) -> None:
-        raise AssertionError("the decision barrier ran again on unchanged input")
-
-    monkeypatch.setattr("gristmill.stages.prune.duplicate_decisions", no_recompute)
+    monkeypatch.setattr("gristmill.stages.prune.duplicate_decisions", _no_recompute)
     again = prune_flow(params)
     assert again[-1].cache_key == selected.cache_key
 
 
-def test_a_summary_left_by_another_run_is_not_reused(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run B rewrites the decisions, then dies before its summary: the rerun of B must not
-    report run A's summary beside B's decisions."""
+def test_decisions_and_their_summary_commit_together_and_are_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary lives in the decisions' manifest, so it can never belong to another run;
+    an unchanged rerun reuses both, a new config recomputes both."""
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(12, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -184,26 +190,32 @@ def test_a_summary_left_by_another_run_is_not_reused(tmp_path: Path,
         "text": [f"document number {i} about topic {i % 3} with some words" for i in range(12)],
         "embedding": vector_array(vectors)}))
     config_a = PruneConfig(clustering=ClusteringConfig(clusters=2))
-    centroids = build_centroids(str(tmp_path / "emb"), config_a, str(tmp_path / "cent"))
-    scorer = PruneScore(PruneScoreConfig(centroids=centroids))
+    centroids = run_global_step(PruneCentroids(CentroidsConfig.of(config_a)),
+                                [str(tmp_path / "emb")], str(tmp_path / "cent"), QUIET)
+    assert centroids.stats.rows_out == 2 and centroids.summary["sample_rows"] == 12
+    scorer = PruneScore(PruneScoreConfig(centroids=centroids.ref))
     scorer.setup()
     write_table(str(tmp_path / "scored"),
                 scorer.process(Dataset.open(str(tmp_path / "emb")).to_table()).kept)
-    scored, decisions = str(tmp_path / "scored"), str(tmp_path / "dec")
-    build_decisions(scored, config_a, decisions)
-    config_b = config_a.with_(prototypes=PrototypeConfig(keep_fraction=0.5))
-
-    def killed(*_: object) -> None:
-        raise KeyboardInterrupt("killed between the decisions and the summary")
-
+    scored, decisions = [str(tmp_path / "scored")], str(tmp_path / "dec")
+    first = run_global_step(PruneDecisions(DecisionsConfig.of(config_a)), scored, decisions, QUIET)
+    assert not first.reused
     with monkeypatch.context() as patch:
-        patch.setattr("gristmill.stages.prune.write_bytes_atomic", killed)
-        with pytest.raises(KeyboardInterrupt):
-            build_decisions(scored, config_b, decisions)
-    ref, summary = build_decisions(scored, config_b, decisions)
-    on_disk = ref.open().to_table().column("reason").to_pylist()
-    assert summary.keep_fraction == 0.5
-    assert summary.reasons == {r: on_disk.count(r) for r in set(on_disk)}
+        patch.setattr("gristmill.stages.prune.duplicate_decisions", _no_recompute)
+        assert run_global_step(PruneDecisions(DecisionsConfig.of(config_a)), scored,
+                               decisions, QUIET).reused
+    config_b = config_a.with_(prototypes=PrototypeConfig(keep_fraction=0.5))
+    second = run_global_step(PruneDecisions(DecisionsConfig.of(config_b)), scored, decisions,
+                             QUIET)
+    on_disk = Dataset.open(decisions)
+    reasons = on_disk.to_table().column("reason").to_pylist()
+    assert not second.reused and second.summary["keep_fraction"] == 0.5
+    assert on_disk.manifest.summary == second.summary
+    assert second.summary["reasons"] == {r: reasons.count(r) for r in set(reasons)}
+
+
+def _no_recompute(*_: object, **__: object) -> None:
+    raise AssertionError("the decision step ran again on unchanged input")
 
 
 @pytest.mark.slow

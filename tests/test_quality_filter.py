@@ -23,10 +23,15 @@ from gristmill.scoring.quality import (
 )
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, StageInputError
+from gristmill.stages.global_step import DatasetRef, run_global_step
 from gristmill.stages.quality_filter import (
+    CUT_SCHEMA,
     REJECT_REASON,
     LawChoice,
     PilotRun,
+    PoolDecision,
+    QualityCut,
+    QualityCutConfig,
     QualityCuts,
     QualityFilterError,
     QualityScore,
@@ -34,8 +39,8 @@ from gristmill.stages.quality_filter import (
     QualitySelect,
     QualitySelectConfig,
     cut_buckets,
+    cut_table,
     decide,
-    selection,
 )
 from gristmill.stages.quality_scorers import (
     ClipScorerConfig,
@@ -120,7 +125,8 @@ def test_order_statistics_are_exact_for_any_floats_and_ties() -> None:
 def test_bucket_cuts_stream_the_score_column_and_match_a_full_sort(tmp_path: Path) -> None:
     scores = np.random.default_rng(0).random(12_345)
     uri = scored_dataset(tmp_path / "scored", scores)
-    cuts = cut_buckets(uri, "quality_score", [0.1, 0.1, 0.1, 0.1], token_column="tokens")
+    cuts = cut_buckets(Dataset.open(uri), "quality_score", [0.1, 0.1, 0.1, 0.1],
+                       token_column="tokens")
     ranked = np.sort(scores)[::-1]
     ranks = bucket_ranks(scores.size, [0.1] * 4)
     assert cuts.thresholds == [ranked[r - 1] for r in ranks]
@@ -134,22 +140,50 @@ def test_nan_or_missing_scores_are_refused_with_counts(tmp_path: Path) -> None:
     scores = np.random.default_rng(1).random(500)
     scores[[3, 99]] = np.nan
     with pytest.raises(QualityFilterError, match="2 NaN scores"):
-        cut_buckets(scored_dataset(tmp_path / "nan", scores), "quality_score", [0.1] * 4)
+        cut_buckets(Dataset.open(scored_dataset(tmp_path / "nan", scores)), "quality_score",
+                    [0.1] * 4)
     table = pa.table({"quality_score": pa.array([0.1, None, 0.3] * 10, pa.float64())})
     write_table(str(tmp_path / "null"), table)
     with pytest.raises(QualityFilterError, match=r"10 rows .* have no 'quality_score'"):
-        cut_buckets(str(tmp_path / "null"), "quality_score", [0.1] * 4)
+        cut_buckets(Dataset.open(str(tmp_path / "null")), "quality_score", [0.1] * 4)
 
 
 def test_fewer_rows_than_buckets_and_tied_scores_are_refused(tmp_path: Path) -> None:
     with pytest.raises(QualityFilterError, match="3 scored rows cannot fill 4 quality buckets"):
-        cut_buckets(scored_dataset(tmp_path / "few", np.array([0.3, 0.2, 0.1])),
+        cut_buckets(Dataset.open(scored_dataset(tmp_path / "few", np.array([0.3, 0.2, 0.1]))),
                     "quality_score", [0.1] * 4)
     with pytest.raises(QualityError, match="cannot fill"):
         bucket_thresholds(lambda: iter([np.ones(5)]), 5, [0.1] * 4)
     ties = np.concatenate([np.ones(900), np.linspace(0, 0.5, 100)])
     with pytest.raises(QualityFilterError, match=r"buckets \[1, 2, 3\] are empty"):
-        cut_buckets(scored_dataset(tmp_path / "ties", ties), "quality_score", [0.1] * 4)
+        cut_buckets(Dataset.open(scored_dataset(tmp_path / "ties", ties)), "quality_score",
+                    [0.1] * 4)
+
+
+def test_the_cut_step_writes_one_row_per_bucket_and_the_decision_and_is_reused(
+        tmp_path: Path) -> None:
+    scores = np.random.default_rng(0).random(2_000)
+    uri = scored_dataset(tmp_path / "scored", scores)
+    config = QualityCutConfig(token_column="tokens", law=LawChoice(rescale=True), budget=2e4)
+
+    def cut(config: QualityCutConfig) -> tuple[bool, pa.Table, dict]:
+        result = run_global_step(QualityCut(config), [uri], str(tmp_path / "cuts"), QUIET)
+        return result.reused, result.ref.open().to_table(), result.summary
+
+    reused, table, summary = cut(config)
+    cuts = cut_buckets(Dataset.open(uri), "quality_score", [0.1] * 4, token_column="tokens")
+    decision = decide(config.law, cuts, config.budget)
+    assert not reused and table.schema.equals(CUT_SCHEMA)
+    assert table.to_pylist() == [
+        {"bucket": b, "threshold": cuts.thresholds[b], "rows": cuts.bucket_rows[b],
+         "tokens": cuts.bucket_tokens[b], "selected": b < decision.keep_buckets}
+        for b in range(4)]
+    assert PoolDecision.model_validate(summary) == decision
+    assert cut(config)[0], "same scores and config: reused"
+    bigger = config.with_(budget=2e7)
+    reused, table, summary = cut(bigger)
+    assert not reused and summary["budget"] == 2e7
+    assert table.column("selected").to_pylist().count(True) == summary["keep_buckets"]
 
 
 def cuts_of(sizes: list[int]) -> QualityCuts:
@@ -197,8 +231,19 @@ def test_the_decision_can_come_from_pilot_runs() -> None:
         decide(LawChoice(pilots=backwards), cuts, 1e9)
 
 
-def test_select_keeps_the_chosen_buckets_and_rejects_the_rest_with_their_bucket() -> None:
-    stage = QualitySelect(QualitySelectConfig(thresholds=[0.9, 0.8, 0.7, 0.6], keep_buckets=2))
+def write_cut(path: Path, thresholds: list[float], keep_buckets: int) -> DatasetRef:
+    """A cut dataset as the `quality_cut` step writes it, for the select stage to pin."""
+    cuts = QualityCuts(fractions=[0.1] * len(thresholds), thresholds=thresholds, rows=100,
+                       bucket_rows=[10] * len(thresholds))
+    write_table(str(path), cut_table(cuts, keep_buckets), overwrite=True)
+    return DatasetRef.of(str(path))
+
+
+def test_select_keeps_the_chosen_buckets_and_rejects_the_rest_with_their_bucket(
+        tmp_path: Path) -> None:
+    cuts = write_cut(tmp_path / "cuts", [0.9, 0.8, 0.7, 0.6], keep_buckets=2)
+    stage = QualitySelect(QualitySelectConfig(cuts=cuts))
+    stage.setup()
     scores = [0.95, 0.9, 0.85, 0.75, 0.65, 0.2, 0.8]
     split = stage.process(pa.table({"id": list("abcdefg"), "quality_score": scores}))
     assert split.kept.column("id").to_pylist() == ["a", "b", "c", "g"]
@@ -212,10 +257,28 @@ def test_select_keeps_the_chosen_buckets_and_rejects_the_rest_with_their_bucket(
                                     "quality_score": pa.array([None, 0.99], pa.float64())}))
     assert holes.kept.column("id").to_pylist() == ["y"]
     assert holes.rejected.column("reject_reason").to_pylist() == ["missing_score"]
-    with pytest.raises(ValueError, match="descending"):
-        QualitySelectConfig(thresholds=[0.1, 0.5], keep_buckets=1)
-    with pytest.raises(ValueError, match="only 2 buckets"):
-        QualitySelectConfig(thresholds=[0.5, 0.1], keep_buckets=3)
+
+
+def test_select_refuses_an_incoherent_or_changed_cut_before_any_work(tmp_path: Path) -> None:
+    schema = pa.schema([("quality_score", pa.float64())])
+
+    def check(cuts: DatasetRef) -> None:
+        QualitySelect(QualitySelectConfig(cuts=cuts)).check_input(schema)
+
+    with pytest.raises(StageInputError, match="descending"):
+        check(write_cut(tmp_path / "ascending", [0.1, 0.5], keep_buckets=1))
+    with pytest.raises(StageInputError, match="keep_buckets"):
+        check(write_cut(tmp_path / "none", [0.5, 0.1], keep_buckets=0))
+    gap = cut_table(QualityCuts(fractions=[0.1] * 3, thresholds=[0.9, 0.5, 0.1], rows=30,
+                                bucket_rows=[10] * 3), 3)
+    write_table(str(tmp_path / "gap"), gap.set_column(
+        4, "selected", pa.array([True, False, True])))
+    with pytest.raises(StageInputError, match="is not a quality cut"):
+        check(DatasetRef.of(str(tmp_path / "gap")))
+    pinned = write_cut(tmp_path / "moved", [0.9, 0.8], keep_buckets=1)
+    write_cut(tmp_path / "moved", [0.9, 0.8], keep_buckets=2)
+    with pytest.raises(StageInputError, match="the config pins"):
+        check(pinned)
 
 
 @pytest.mark.slow
@@ -229,18 +292,24 @@ def test_score_cut_decide_select_through_ray_keeps_lineage_and_accounts_rows(
     scored = run_stage(QualityScore, QualityScoreConfig(), DatasetInput(str(source)),
                        str(tmp_path / "scored"), QUIET)
     assert scored.stats.reject_reasons == {"empty_text": 1}
-    cuts = cut_buckets(scored.output, "quality_score", [0.1] * 4)
-    decision = decide(LawChoice(rescale=True), cuts, cuts.bucket_rows[0] * 60)
-    config = selection(cuts, decision)
-    selected = run_stage(QualitySelect, config, DatasetInput(scored.output),
-                         str(tmp_path / "selected"), QUIET)
+    budget = cut_buckets(Dataset.open(scored.output), "quality_score", [0.1] * 4
+                         ).bucket_rows[0] * 60
+    cut = run_global_step(QualityCut(QualityCutConfig(law=LawChoice(rescale=True),
+                                                      budget=budget)),
+                          [scored.output], str(tmp_path / "cuts"), QUIET)
+    buckets = cut.ref.open().to_table().to_pylist()
+    decision = PoolDecision.model_validate(cut.summary)
+    selected = run_stage(QualitySelect, QualitySelectConfig(cuts=cut.ref),
+                         DatasetInput(scored.output), str(tmp_path / "selected"), QUIET)
     stats = selected.stats
     assert stats.rows_in == 125 == stats.rows_out + stats.rows_rejected
-    assert stats.rows_out == sum(cuts.bucket_rows[:decision.keep_buckets])
+    assert stats.rows_out == sum(b["rows"] for b in buckets[:decision.keep_buckets])
     assert stats.reject_reasons == {REJECT_REASON: stats.rows_rejected}
     lineage = Dataset.open(selected.output).manifest.lineage
-    assert lineage.config["decision"]["keep_buckets"] == decision.keep_buckets
-    assert lineage.config["decision"]["budget"] == decision.budget
-    assert lineage.config["thresholds"] == cuts.thresholds
+    assert lineage.config["cuts"] == cut.ref.model_dump()
+    pinned = Dataset.open(lineage.config["cuts"]["uri"]).manifest
+    assert pinned.summary["keep_buckets"] == decision.keep_buckets
+    assert pinned.summary["budget"] == budget
+    assert pinned.lineage.inputs[0].uri == scored.output
     kept = Dataset.open(selected.output).to_table()
     assert "spam spam spam" not in " ".join(kept.column("text").to_pylist())

@@ -1,6 +1,6 @@
 """Model-backed quality scorers on real data (slow): the embedding classifier on the
 SpamAssassin emails, perplexity under the embedded SmolLM2-135M, the CLIP code path with a
-tiny random CLIP saved to disk, and the filter_quality flow with its report."""
+tiny random CLIP saved to disk, and the quality_filter flow with its report."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
 from gristmill.config import RuntimeConfig
-from gristmill.flows.filter_quality import FilterQualityParams, filter_quality_flow
+from gristmill.flows.quality_filter import QualityFilterParams, quality_filter_flow
 from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.scoring.quality import roc_auc
 from gristmill.sources import resolve
@@ -146,19 +146,24 @@ def test_the_flow_selects_the_law_pool_and_reports_the_plot(tmp_path: Path) -> N
     source.write_text("\n".join(lines) + "\n")
     ingested = run_stage(Ingest, IngestConfig(), RawFilesInput.from_args([str(source)]),
                          str(tmp_path / "ingest"), QUIET)
-    params = FilterQualityParams(input=ingested.output, work_dir=str(tmp_path / "quality"),
+    params = QualityFilterParams(input=ingested.output, work_dir=str(tmp_path / "quality"),
                                  budget=10 * 100, law=LawChoice(rescale=True),
                                  plot=str(tmp_path / "plot.png"), runtime=QUIET)
-    scored, selected = filter_quality_flow(params)
-    decision = Dataset.open(selected.output).manifest.lineage.config["decision"]
-    keep = decision["keep_buckets"]
+    scored, selected = quality_filter_flow(params)
+    cuts = Dataset.open(selected.output).manifest.lineage.config["cuts"]
+    cut = Dataset.open(cuts["uri"])
+    keep = cut.manifest.summary["keep_buckets"]
+    assert cut.to_table().column("selected").to_pylist() == [True] * keep + [False] * (4 - keep)
     assert selected.stats.rows_in == scored.stats.rows_out == 100
     assert selected.stats.rows_out == 10 * keep
     assert selected.stats.reject_reasons == {REJECT_REASON: 100 - 10 * keep}
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["filter-quality-report"])))
+            key=ArtifactFilterKey(any_=["quality-filter-report"])))
+        cut_report = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["quality-cut-report"])))
     report = artifacts[-1].data
     assert f"keep the top **{keep}** of 4 buckets" in report
     assert "data:image/png;base64," in report
+    assert f"| keep_buckets | {keep} |" in cut_report[-1].data

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from gristmill.flows.report import funnel_report
 from gristmill.flows.synthesize_questions import (
     FUNNEL,
     SynthesizeQuestionsParams,
-    funnel_report,
     synthesize_questions_flow,
 )
 from gristmill.inference import GeneratorConfig, load_generator
@@ -83,4 +83,5 @@ def test_small_run_goes_through_every_stage_and_the_funnel_adds_up(tmp_path: Pat
         "no_answer", "prompt_too_long"}
     report = funnel_report(results, 3)
     assert "| generated | 3 |" in report and "data:image/png;base64," in report
-    assert (tmp_path / "sq" / "dedup_drops.json").is_file()
+    plan = Dataset.open(str(tmp_path / "sq" / "dedup_plan")).manifest
+    assert plan.lineage.stage == "question_dedup_plan" and "questions" in plan.summary

@@ -11,22 +11,27 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from gristmill.config import RuntimeConfig
 from gristmill.scoring.chat_prefix import ChatTemplateError, end_of_turn_strings, user_turn_prefix
 from gristmill.scoring.near_dup import MinHasher, exact_key
 from gristmill.sources import resolve
 from gristmill.stages.answer_select import AnswerSelect, AnswerSelectConfig
 from gristmill.stages.base import Split, StageInputError
+from gristmill.stages.global_step import run_global_step
 from gristmill.stages.math_responses import MathResponses, MathResponsesConfig
 from gristmill.stages.question_dedup import (
     BenchmarkSet,
+    QuestionDedupPlan,
+    QuestionDedupPlanConfig,
     QuestionDedupScore,
     QuestionDedupScoreConfig,
     QuestionDedupSelect,
     QuestionDedupSelectConfig,
     duplicate_drops,
-    plan_question_dedup,
 )
 from gristmill.stages.question_difficulty import (
+    DifficultyPlan,
+    DifficultyPlanConfig,
     DifficultySample,
     DifficultySampleConfig,
     DifficultyScoreConfig,
@@ -86,6 +91,9 @@ def _rows(source: str) -> list[dict]:
 
 def accounted(split: Split, rows: int) -> None:
     assert split.kept.num_rows + split.rejected.num_rows == rows
+
+
+QUIET = RuntimeConfig(progress=False)
 
 
 # --- step 1: generation from scratch -------------------------------------------------------
@@ -214,24 +222,52 @@ def test_rating_parse(reply: str, rating: int | None) -> None:
     assert parse_rating(reply) == rating
 
 
-def test_sampler_hits_the_target_mix_exactly_and_reproducibly() -> None:
+def test_sampler_hits_the_target_mix_exactly_and_reproducibly(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     scores = rng.integers(1, 11, size=600).astype(float)
     ids = [f"q{i}" for i in range(600)]
-    config = DifficultySampleConfig(edges=[4.0, 7.0], thresholds=[1.0] * 3)
-    bins = np.array([config.bin_of(s) for s in scores])
-    thresholds, counts = sampling_thresholds(bins, hash_uniform(ids, 0), [0.2, 0.4, 0.4], 250)
-    assert counts == [50, 100, 100]
-    stage = DifficultySample(config.with_(thresholds=thresholds))
     table = pa.table({"id": ids, "difficulty": pa.array(scores, pa.float32())})
+    write_table(str(tmp_path / "scored"), table)
+    target = DifficultyPlanConfig(edges=[4.0, 7.0], weights=[0.2, 0.4, 0.4], target_count=250)
+    plan = run_global_step(DifficultyPlan(target), [str(tmp_path / "scored")],
+                           str(tmp_path / "plan"), QUIET)
+    bins = Dataset.open(plan.output).to_table().to_pylist()
+    assert [(b["bin"], b["low"], b["high"], b["kept"]) for b in bins] == [
+        (0, None, 4.0, 50), (1, 4.0, 7.0, 100), (2, 7.0, None, 100)]
+    assert plan.summary == {"scored": 600, "unscored": 0, "kept": 250}
+    stage = DifficultySample(DifficultySampleConfig(plan=plan.ref))
     split = stage.process(table)
     accounted(split, 600)
-    kept_bins = np.bincount([config.bin_of(s) for s in split.kept.column("difficulty")
+    kept_bins = np.bincount([target.bin_of(s) for s in split.kept.column("difficulty")
                              .to_pylist()], minlength=3)
     assert kept_bins.tolist() == [50, 100, 100]
     assert set(split.rejected.column("reject_reason").to_pylist()) == {"difficulty_sampled_out"}
     assert stage.process(table.slice(300)).kept.num_rows == \
         stage.process(table).kept.num_rows - stage.process(table.slice(0, 300)).kept.num_rows
+    thresholds, _ = sampling_thresholds(np.array([target.bin_of(s) for s in scores]),
+                                        hash_uniform(ids, 0), [0.2, 0.4, 0.4], 250)
+    assert [b["threshold"] for b in bins] == thresholds, "the same cut the driver computes"
+
+
+def test_without_a_plan_the_sampler_keeps_every_row() -> None:
+    table = pa.table({"id": ["a", "b", "c"], "difficulty": pa.array([1.0, None, 9.0],
+                                                                     pa.float32())})
+    assert DifficultySample(DifficultySampleConfig()).process(table).kept.num_rows == 3
+    strict = DifficultySample(DifficultySampleConfig(keep_unscored=False)).process(table)
+    assert strict.rejected.column("reject_reason").to_pylist() == ["unscored"]
+
+
+def test_a_changed_difficulty_plan_is_refused(tmp_path: Path) -> None:
+    write_table(str(tmp_path / "scored"), pa.table({
+        "id": [f"q{i}" for i in range(40)],
+        "difficulty": pa.array([float(i % 10 + 1) for i in range(40)], pa.float32())}))
+    plan = run_global_step(DifficultyPlan(DifficultyPlanConfig()), [str(tmp_path / "scored")],
+                           str(tmp_path / "plan"), QUIET)
+    run_global_step(DifficultyPlan(DifficultyPlanConfig(seed=1)), [str(tmp_path / "scored")],
+                    str(tmp_path / "plan"), QUIET)
+    with pytest.raises(StageInputError, match="the config pins"):
+        DifficultySample(DifficultySampleConfig(plan=plan.ref)).check_input(
+            Dataset.open(str(tmp_path / "scored")).schema)
 
 
 def test_sampler_is_limited_by_its_scarcest_wanted_bin() -> None:
@@ -239,6 +275,13 @@ def test_sampler_is_limited_by_its_scarcest_wanted_bin() -> None:
     _, counts = sampling_thresholds(bins, hash_uniform([str(i) for i in range(110)], 1),
                                     [0.5, 0.5], None)
     assert counts == [10, 10]
+
+
+def test_plan_weights_must_match_the_bins() -> None:
+    with pytest.raises(ValueError, match="2 edges make 3 bins"):
+        DifficultyPlanConfig(edges=[4.0, 7.0], weights=[0.5, 0.5])
+    with pytest.raises(ValueError, match="increasing"):
+        DifficultyPlanConfig(edges=[7.0, 4.0])
 
 
 def test_classifier_scorer_needs_a_real_model_folder(tmp_path: Path) -> None:
@@ -412,7 +455,7 @@ def test_a_partial_generator_override_keeps_the_stage_defaults() -> None:
             generate.generator.use_chat_template) == (1.0, 0.99, False)
 
 
-def test_dedup_plan_is_carried_by_the_select_config_and_pinned_by_hash(tmp_path: Path) -> None:
+def _scored_questions(tmp_path: Path) -> str:
     questions = ["Tom has 3 apples and buys 4 more. How many apples does Tom have now?",
                  "Tom has 3 apples and buys 4 more. How many apples does Tom have now?",
                  "A train leaves at 3 pm at 60 km/h. When does it cover 150 km?"]
@@ -420,8 +463,18 @@ def test_dedup_plan_is_carried_by_the_select_config_and_pinned_by_hash(tmp_path:
     scorer.setup()
     scored_uri = str(tmp_path / "scored")
     write_table(scored_uri, scorer.process(questions_table(questions)).kept)
-    config = plan_question_dedup(scored_uri, str(tmp_path / "drops.json"), 0.7)
-    assert config.drop_list is not None and config.drop_list_sha256 is not None
+    return scored_uri
+
+
+def test_dedup_plan_is_carried_by_the_select_config_and_pinned_by_hash(tmp_path: Path) -> None:
+    scored_uri = _scored_questions(tmp_path)
+    plan = run_global_step(QuestionDedupPlan(QuestionDedupPlanConfig()), [scored_uri],
+                           str(tmp_path / "plan"), QUIET)
+    assert Dataset.open(plan.output).to_table().to_pylist() == [
+        {"id": "q1", "reason": "exact_duplicate", "duplicate_of": "q0",
+         "detail": "duplicate of q0"}]
+    assert plan.summary == {"questions": 3, "contaminated": 0, "exact_duplicate": 1}
+    config = QuestionDedupSelectConfig(drops=plan.ref)
     select = QuestionDedupSelect(config)
     select.setup()
     split = select.process(Dataset.open(scored_uri).to_table())
@@ -431,6 +484,23 @@ def test_dedup_plan_is_carried_by_the_select_config_and_pinned_by_hash(tmp_path:
     assert split.rejected.schema == select.rejected_schema(Dataset.open(scored_uri).schema)
     with pytest.raises(ValueError, match="plan again"):
         QuestionDedupSelect(config.with_(max_bench_ngram_overlap=0.9)).setup()
-    (tmp_path / "drops.json").write_text("{}")
-    with pytest.raises(ValueError, match="changed since it was planned"):
+    write_table(str(tmp_path / "first_only"), Dataset.open(scored_uri).to_table().slice(0, 1))
+    run_global_step(QuestionDedupPlan(QuestionDedupPlanConfig()), [str(tmp_path / "first_only")],
+                    str(tmp_path / "plan"), QUIET)
+    assert Dataset.open(str(tmp_path / "plan")).num_rows == 0
+    with pytest.raises(StageInputError, match="the config pins"):
         QuestionDedupSelect(config).setup()
+
+
+def test_a_global_step_run_again_on_the_same_inputs_is_reused(tmp_path: Path) -> None:
+    scored_uri = _scored_questions(tmp_path)
+    step = QuestionDedupPlan(QuestionDedupPlanConfig())
+    first = run_global_step(step, [scored_uri], str(tmp_path / "plan"), QUIET)
+    again = run_global_step(QuestionDedupPlan(QuestionDedupPlanConfig()), [scored_uri],
+                            str(tmp_path / "plan"), QUIET)
+    assert (first.reused, again.reused) == (False, True)
+    assert again.ref == first.ref and again.summary == first.summary
+    assert Dataset.open(again.output).manifest.lineage.stage == "question_dedup_plan"
+    other = run_global_step(QuestionDedupPlan(QuestionDedupPlanConfig(max_bench_embed_sim=None)),
+                            [scored_uri], str(tmp_path / "plan"), QUIET)
+    assert not other.reused and other.cache_key != first.cache_key

@@ -180,9 +180,9 @@ def test_bad_parameters_are_refused() -> None:
         law.pool_error(PUBLISHED, 1, [float("nan")], S)
 
 
-def test_plan_filter_prints_the_choice_per_budget_and_fits_pilot_csvs(tmp_path) -> None:
+def test_quality_filter_plan_prints_the_choice_per_budget_and_fits_pilot_csvs(tmp_path) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["plan-filter", "-b", "32M", "-b", "2B"])
+    result = runner.invoke(app, ["quality-filter-plan", "-b", "32M", "-b", "2B"])
     assert result.exit_code == 0, result.output
     picks = law.best_pool(PUBLISHED, [32e6, 2e9], S)
     for row, k in zip(("32M", "2B"), picks, strict=True):
@@ -193,9 +193,9 @@ def test_plan_filter_prints_the_choice_per_budget_and_fits_pilot_csvs(tmp_path) 
     csv.write_text("bucket,samples_seen,error\n" + "\n".join(
         f"{b},{n},{e}" for b, n, e in zip(pilots.bucket, pilots.samples, pilots.error,
                                           strict=True)))
-    fitted = runner.invoke(app, ["plan-filter", "--pilots", str(csv), "-b", "640M"])
+    fitted = runner.invoke(app, ["quality-filter-plan", "--pilots", str(csv), "-b", "640M"])
     assert fitted.exit_code == 0, fitted.output
     assert "fit to" in fitted.output and "640M" in fitted.output
     csv.write_text("bucket,samples_seen,error\n0,1e7,0.7\n0,2e7,0.9\n")
-    refused = runner.invoke(app, ["plan-filter", "--pilots", str(csv)])
+    refused = runner.invoke(app, ["quality-filter-plan", "--pilots", str(csv)])
     assert refused.exit_code == 1 and "not monotone" in refused.output

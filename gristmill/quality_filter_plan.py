@@ -1,4 +1,4 @@
-"""`gristmill plan-filter`: which quality pool the data-filtering scaling law picks, per budget.
+"""`gristmill quality-filter-plan`: which quality pool the data-filtering scaling law picks.
 
 No data is read: the law's parameters (a preset, or a fit to a CSV of pilot runs with
 columns bucket, samples_seen, error) and the bucket size are enough to plan a filter
@@ -50,7 +50,7 @@ def read_pilots(path: Path, tolerance: float) -> law.PilotTable:
                              table.column("error").to_numpy(), tolerance=tolerance)
 
 
-def plan_filter(
+def quality_filter_plan(
     budget: Annotated[list[str] | None, typer.Option(
         "--budget", "-b", help="Samples seen in training, e.g. 64M (repeatable) "
                                "[default: 32M 64M 128M 640M]")] = None,
