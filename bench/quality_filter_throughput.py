@@ -71,13 +71,8 @@ def case_cut_select(data: Path, out: Path) -> dict:
     from gristmill.scoring.quality import bucket_ranks
     from gristmill.stages.base import reject_schema
     from gristmill.stages.global_step import run_global_step
-    from gristmill.stages.quality_filter import (
-        LawChoice,
-        QualityCut,
-        QualityCutConfig,
-        QualitySelect,
-        QualitySelectConfig,
-    )
+    from gristmill.stages.quality_cut import LawChoice, QualityCut, QualityCutConfig
+    from gristmill.stages.quality_select import QualitySelect, QualitySelectConfig
     from gristmill.storage.reader import Dataset
     from gristmill.storage.writer import DatasetWriter
 
@@ -136,13 +131,12 @@ def scoring_cases(score_rows: int, classifier_rows: int | None) -> dict:
     from gristmill.config import RuntimeConfig
     from gristmill.inference import EmbedderConfig
     from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
-    from gristmill.stages.quality_filter import (
-        QualityScore,
-        QualityScoreConfig,
+    from gristmill.stages.quality_reference import (
         ReferenceSets,
         reference_texts,
         train_reference_classifier,
     )
+    from gristmill.stages.quality_score import QualityScore, QualityScoreConfig
     from gristmill.stages.runner import run_stage
 
     ingest = run_stage(Ingest, IngestConfig(promote_fields=["label"]),

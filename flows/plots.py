@@ -13,8 +13,8 @@ import numpy as np
 
 from gristmill.loading.mixture import MixturePlan
 from gristmill.scoring import scaling_laws as law
-from gristmill.stages.prune import DecisionSummary
-from gristmill.stages.quality_filter import PoolDecision
+from gristmill.stages.prune_decisions import DecisionSummary
+from gristmill.stages.quality_cut import PoolDecision
 
 
 def figure_png(figure: plt.Figure) -> bytes:

@@ -19,18 +19,11 @@ from gristmill.flows.report import prune_report
 from gristmill.flows.stage_task import run_stage_task, run_step_task
 from gristmill.stages.base import DatasetInput
 from gristmill.stages.embed import Embed
-from gristmill.stages.prune import (
-    CentroidsConfig,
-    DecisionsConfig,
-    DecisionSummary,
-    PruneCentroids,
-    PruneConfig,
-    PruneDecisions,
-    PruneScore,
-    PruneScoreConfig,
-    PruneSelect,
-    PruneSelectConfig,
-)
+from gristmill.stages.prune import PruneConfig
+from gristmill.stages.prune_centroids import CentroidsConfig, PruneCentroids
+from gristmill.stages.prune_decisions import DecisionsConfig, DecisionSummary, PruneDecisions
+from gristmill.stages.prune_score import PruneScore, PruneScoreConfig
+from gristmill.stages.prune_select import PruneSelect, PruneSelectConfig
 from gristmill.stages.runner import StageResult
 from gristmill.storage.fs import resolve, write_bytes_atomic
 

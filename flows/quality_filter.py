@@ -20,21 +20,15 @@ from gristmill.flows.report import decision_report
 from gristmill.flows.stage_task import run_stage_task, run_step_task
 from gristmill.inference import EmbedderConfig
 from gristmill.stages.base import DatasetInput
-from gristmill.stages.quality_filter import (
-    BudgetUnit,
+from gristmill.stages.quality_cut import LawChoice, PoolDecision, QualityCut, QualityCutConfig
+from gristmill.stages.quality_reference import (
     ClassifierReport,
-    LawChoice,
-    PoolDecision,
-    QualityCut,
-    QualityCutConfig,
-    QualityScore,
-    QualityScoreConfig,
-    QualitySelect,
-    QualitySelectConfig,
     ReferenceSets,
     train_reference_classifier,
 )
+from gristmill.stages.quality_score import BudgetUnit, QualityScore, QualityScoreConfig
 from gristmill.stages.quality_scorers import HeuristicScorerConfig, ScorerConfig
+from gristmill.stages.quality_select import QualitySelect, QualitySelectConfig
 from gristmill.stages.runner import StageResult
 from gristmill.storage.fs import resolve, write_bytes_atomic
 

@@ -6,8 +6,9 @@ import json
 
 from gristmill.flows.plots import funnel_png, markdown_image
 from gristmill.stages.global_step import StepResult
-from gristmill.stages.prune import DecisionSummary
-from gristmill.stages.quality_filter import ClassifierReport, PoolDecision
+from gristmill.stages.prune_decisions import DecisionSummary
+from gristmill.stages.quality_cut import PoolDecision
+from gristmill.stages.quality_reference import ClassifierReport
 from gristmill.stages.runner import StageResult
 from gristmill.storage.reader import Dataset
 

@@ -41,7 +41,7 @@ from gristmill.stages.base import (
 from gristmill.stages.code_version import code_version, reachable_modules
 from gristmill.stages.embed import Embed, EmbedConfig
 from gristmill.stages.global_step import GlobalStep, StepSink, step_cache_key
-from gristmill.stages.quality_filter import QualityScoreConfig
+from gristmill.stages.quality_score import QualityScoreConfig
 from gristmill.stages.quality_scorers import ClipScorerConfig, EmbeddingClassifierScorerConfig
 from gristmill.stages.question_difficulty import DifficultyScoreConfig
 from gristmill.stages.runner import run_stage, stage_cache_key

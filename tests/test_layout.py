@@ -99,7 +99,7 @@ def test_only_the_cli_and_flows_import_flows() -> None:
 
 def test_the_rules_see_a_violation() -> None:
     """The checker itself: a module that breaks a rule is reported."""
-    MODULES["gristmill.storage._probe"] = ROOT / "stages" / "prune.py"
+    MODULES["gristmill.storage._probe"] = ROOT / "stages" / "prune_decisions.py"
     try:
         assert "gristmill.storage._probe -> gristmill.scoring.duplicates" in broken(
             "gristmill.storage", ("gristmill",), ("gristmill.storage.*",))

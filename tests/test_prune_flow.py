@@ -23,20 +23,11 @@ from gristmill.stages.dedup import DedupConfig
 from gristmill.stages.embed import EmbedConfig
 from gristmill.stages.global_step import DatasetRef, run_global_step
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
-from gristmill.stages.prune import (
-    DECISION_SCHEMA,
-    CentroidsConfig,
-    ClusteringConfig,
-    DecisionsConfig,
-    PrototypeConfig,
-    PruneCentroids,
-    PruneConfig,
-    PruneDecisions,
-    PruneScore,
-    PruneScoreConfig,
-    PruneSelect,
-    PruneSelectConfig,
-)
+from gristmill.stages.prune import ClusteringConfig, PrototypeConfig, PruneConfig
+from gristmill.stages.prune_centroids import CentroidsConfig, PruneCentroids
+from gristmill.stages.prune_decisions import DECISION_SCHEMA, DecisionsConfig, PruneDecisions
+from gristmill.stages.prune_score import PruneScore, PruneScoreConfig
+from gristmill.stages.prune_select import PruneSelect, PruneSelectConfig
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vector_array
@@ -173,7 +164,7 @@ def test_prune_flow_removes_copies_prunes_and_accounts_for_every_row(
     assert {a.key for a in steps} == {"prune-centroids-report", "prune-decisions-report"}
     assert any("| sample_rows |" in a.data for a in steps), "the step's summary is reported"
 
-    monkeypatch.setattr("gristmill.stages.prune.duplicate_decisions", _no_recompute)
+    monkeypatch.setattr("gristmill.stages.prune_decisions.duplicate_decisions", _no_recompute)
     again = prune_flow(params)
     assert again[-1].cache_key == selected.cache_key
 
@@ -201,7 +192,7 @@ def test_decisions_and_their_summary_commit_together_and_are_reused(
     first = run_global_step(PruneDecisions(DecisionsConfig.of(config_a)), scored, decisions, QUIET)
     assert not first.reused
     with monkeypatch.context() as patch:
-        patch.setattr("gristmill.stages.prune.duplicate_decisions", _no_recompute)
+        patch.setattr("gristmill.stages.prune_decisions.duplicate_decisions", _no_recompute)
         assert run_global_step(PruneDecisions(DecisionsConfig.of(config_a)), scored,
                                decisions, QUIET).reused
     config_b = config_a.with_(prototypes=PrototypeConfig(keep_fraction=0.5))

@@ -24,29 +24,25 @@ from gristmill.scoring.quality import (
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.global_step import DatasetRef, run_global_step
-from gristmill.stages.quality_filter import (
+from gristmill.stages.quality_cut import (
     CUT_SCHEMA,
-    REJECT_REASON,
     LawChoice,
     PilotRun,
     PoolDecision,
     QualityCut,
     QualityCutConfig,
     QualityCuts,
-    QualityFilterError,
-    QualityScore,
-    QualityScoreConfig,
-    QualitySelect,
-    QualitySelectConfig,
     cut_buckets,
     cut_table,
     decide,
 )
+from gristmill.stages.quality_score import QualityFilterError, QualityScore, QualityScoreConfig
 from gristmill.stages.quality_scorers import (
     ClipScorerConfig,
     EmbeddingClassifierScorerConfig,
     HeuristicScorerConfig,
 )
+from gristmill.stages.quality_select import REJECT_REASON, QualitySelect, QualitySelectConfig
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table

@@ -22,21 +22,19 @@ from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.scoring.quality import roc_auc
 from gristmill.sources import resolve
 from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
-from gristmill.stages.quality_filter import (
-    REJECT_REASON,
-    LawChoice,
-    QualityScore,
-    QualityScoreConfig,
+from gristmill.stages.quality_cut import LawChoice
+from gristmill.stages.quality_reference import (
     ReferenceSets,
-    load_head,
     reference_texts,
     train_reference_classifier,
 )
+from gristmill.stages.quality_score import QualityScore, QualityScoreConfig, load_head
 from gristmill.stages.quality_scorers import (
     ClipScorerConfig,
     PerplexityScorer,
     PerplexityScorerConfig,
 )
+from gristmill.stages.quality_select import REJECT_REASON
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 
