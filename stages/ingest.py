@@ -108,12 +108,14 @@ class RawFilesInput:
         if not files:
             raise IngestInputError("nothing to ingest: no files were found")
         seen: dict[tuple[str, str], str] = {}
+        paths: set[str] = set()
         for raw in files:
-            if (raw.source, raw.name) in seen or raw.path in seen.values():
+            if (raw.source, raw.name) in seen or raw.path in paths:
                 raise IngestInputError(
                     f"{raw.path} is named more than once (as {raw.name!r} of source "
                     f"{raw.source!r}): name each file once, so no record is ingested twice")
             seen[raw.source, raw.name] = raw.path
+            paths.add(raw.path)
         self.files = files
         self._refs: list[InputRef] | None = None
 
