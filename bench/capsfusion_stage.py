@@ -32,7 +32,8 @@ from gristmill.runtime import RayConfig, ensure_ray
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, Resources
 from gristmill.stages.capsfusion import CapsFusion, CapsFusionConfig
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
+from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 

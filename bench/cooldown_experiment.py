@@ -122,7 +122,8 @@ def ingest_fortunes(work: Path) -> pa.Table:
     import ray
 
     from gristmill.config import RuntimeConfig
-    from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+    from gristmill.stages.ingest import Ingest, IngestConfig
+    from gristmill.stages.raw_inputs import RawFilesInput
     from gristmill.stages.runner import run_stage
 
     result = run_stage(Ingest, IngestConfig(promote_fields=["lang"]),

@@ -130,13 +130,14 @@ def scoring_cases(score_rows: int, classifier_rows: int | None) -> dict:
     """Heuristic and embedding-classifier scoring rows/s on real emails, plus held-out AUC."""
     from gristmill.config import RuntimeConfig
     from gristmill.inference import EmbedderConfig
-    from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+    from gristmill.stages.ingest import Ingest, IngestConfig
     from gristmill.stages.quality_reference import (
         ReferenceSets,
         reference_texts,
         train_reference_classifier,
     )
     from gristmill.stages.quality_score import QualityScore, QualityScoreConfig
+    from gristmill.stages.raw_inputs import RawFilesInput
     from gristmill.stages.runner import run_stage
 
     ingest = run_stage(Ingest, IngestConfig(promote_fields=["label"]),

@@ -34,8 +34,9 @@ from gristmill.scoring.temperature import CooldownSchedule, Schedule
 from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.capsfusion import CapsFusionConfig
 from gristmill.stages.global_step import StepResult
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.partition import Partition, PartitionConfig, read_parts
+from gristmill.stages.raw_inputs import DEFAULT_UNIT_BYTES, RawFilesInput
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 
@@ -66,9 +67,12 @@ class MixStep(FrozenModel):
 
 class CurateParams(FrozenModel):
     sources: list[str] = Field(default_factory=lambda: ["brown", "spam_assassin"],
-                               description="Named sources, files, folders or globs")
+                               description="Named sources, files, folders, globs or URIs")
     max_records: int | None = Field(default=None, ge=1,
                                     description="Only the first N records of each file")
+    unit_bytes: int = Field(default=DEFAULT_UNIT_BYTES, ge=1,
+                            description="Larger JSONL and Parquet files are read in parts "
+                                        "of about this size, one unit of work each")
     work_dir: str = Field(default=".gristmill/curate",
                           description="Each step writes its own folder under this one")
     ingest: IngestConfig = IngestConfig()
@@ -118,8 +122,8 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
     """ingest -> text_filter -> quality -> prune; returns the curated dataset's URI."""
     runtime, verify = params.runtime, params.runtime.storage.verify_inputs
     ingested = run_stage_task(
-        Ingest, params.ingest, RawFilesInput.from_args(params.sources,
-                                                       max_records=params.max_records),
+        Ingest, params.ingest, RawFilesInput.from_args(
+            params.sources, max_records=params.max_records, unit_bytes=params.unit_bytes),
         params.path("ingest"), runtime)
     funnel.append(_funnel("ingest", ingested))
     progress.step()

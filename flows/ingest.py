@@ -7,26 +7,34 @@ from pydantic import Field
 
 from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.stage_task import run_stage_task
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.raw_formats import RawFormat
+from gristmill.stages.raw_inputs import DEFAULT_UNIT_BYTES, RawFilesInput
 from gristmill.stages.runner import StageResult
 
 
 class IngestParams(FrozenModel):
     sources: list[str] = Field(default_factory=lambda: ["brown"],
-                               description="Named sources, files, folders or globs")
+                               description="Named sources, files, folders, globs or URIs")
     format: RawFormat | None = Field(default=None, description="None = tell by file ending")
     text_field: str = "text"
     max_records: int | None = Field(default=None, ge=1,
                                     description="Only the first N records of each file")
+    unit_bytes: int = Field(default=DEFAULT_UNIT_BYTES, ge=1,
+                            description="Larger JSONL and Parquet files are read in parts "
+                                        "of about this size, one unit of work each")
     output: str = ".gristmill/ingest"
     config: IngestConfig = IngestConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    def raw_input(self) -> RawFilesInput:
+        return RawFilesInput.from_args(self.sources, fmt=self.format,
+                                       text_field=self.text_field,
+                                       max_records=self.max_records,
+                                       unit_bytes=self.unit_bytes)
+
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(params: IngestParams) -> StageResult:
-    source = RawFilesInput.from_args(params.sources, fmt=params.format,
-                                     text_field=params.text_field,
-                                     max_records=params.max_records)
-    return run_stage_task(Ingest, params.config, source, params.output, params.runtime)
+    return run_stage_task(Ingest, params.config, params.raw_input(), params.output,
+                          params.runtime)

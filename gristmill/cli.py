@@ -16,8 +16,9 @@ from gristmill.retrieval.cli import app as datastore_app
 from gristmill.sources.errors import SourceError
 from gristmill.stages.base import StageInputError
 from gristmill.stages.global_step import StepResult
-from gristmill.stages.ingest import Ingest, IngestInputError, RawFilesInput
+from gristmill.stages.ingest import Ingest
 from gristmill.stages.raw_formats import RawFormat, UnknownFormatError
+from gristmill.stages.raw_inputs import IngestInputError
 from gristmill.stages.runner import StageFailedError, StageResult, run_stage
 from gristmill.storage.errors import DatasetError
 from gristmill.storage.reader import Dataset
@@ -94,9 +95,8 @@ def ingest(
     try:
         params = load_config(IngestParams, config, overrides).with_(
             sources=inputs, output=output, format=fmt, text_field=text_field)
-        source = RawFilesInput.from_args(params.sources, fmt=params.format,
-                                         text_field=params.text_field)
-        _print_result(run_stage(Ingest, params.config, source, params.output, params.runtime))
+        _print_result(run_stage(Ingest, params.config, params.raw_input(), params.output,
+                                params.runtime))
     except EXPECTED_ERRORS as err:
         _fail(err)
 

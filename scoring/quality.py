@@ -2,8 +2,8 @@
 
 - heuristic features: Gopher-style text statistics mapped to [0, 1] (1 = clean prose);
 - a linear head over sentence embeddings (logistic regression), its training and ROC AUC;
-- exact quantile cuts into quality buckets (a radix select that never holds the score
-  column in memory) and bucket assignment.
+- exact quantile cuts into quality buckets (a radix select whose passes add up per-chunk
+  histograms, so workers count and nothing holds the score column) and bucket assignment.
 
 The scorers that run models over batches live in stages/quality_scorers.py.
 """
@@ -11,7 +11,7 @@ The scorers that run models over batches live in stages/quality_scorers.py.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -114,32 +114,40 @@ def _key_value(key: int) -> float:
     return float(np.array([bits], np.uint64).view(np.float64)[0])
 
 
-def order_statistics(chunks: Callable[[], Iterable[np.ndarray]], rows: int,
-                     positions: list[int]) -> list[float]:
-    """Exact k-th smallest values (0-based `positions`) of `rows` scores that `chunks()`
-    streams again on every call. A radix select on the scores' sortable 64-bit keys, 16 bits
-    a pass: four passes, memory one chunk plus 65,536 counters per position."""
+RadixPass = Callable[[int, list[int]], np.ndarray]
+"""One pass of the radix select over every score: (level, distinct prefixes) -> counts of
+the next 16-bit digit, one row of 2**16 per prefix."""
+
+
+def radix_counts(scores: np.ndarray, level: int, prefixes: Sequence[int]) -> np.ndarray:
+    """One chunk's share of a radix-select pass: per prefix (the digits the earlier passes
+    chose), how many of its scores carry each next 16-bit digit. Shares add up, so a pass
+    can run over any split of the scores on any number of workers."""
+    keys = _sortable_keys(scores)
+    shift = np.uint64(64 - KEY_BITS * (level + 1))
+    digits = ((keys >> shift) & np.uint64(0xFFFF)).astype(np.intp)
+    high = keys >> (shift + np.uint64(KEY_BITS)) if level else None
+    counts = np.zeros((len(prefixes), 1 << KEY_BITS), np.int64)
+    for row, prefix in enumerate(prefixes):
+        chosen = digits if high is None else digits[high == np.uint64(prefix)]
+        counts[row] = np.bincount(chosen, minlength=1 << KEY_BITS)
+    return counts
+
+
+def order_statistics(count_pass: RadixPass, rows: int, positions: list[int]) -> list[float]:
+    """Exact k-th smallest values (0-based `positions`) of `rows` scores. A radix select on
+    the scores' sortable 64-bit keys, 16 bits a pass: four passes of `count_pass`, memory
+    65,536 counters per distinct prefix, whatever the number of rows."""
     prefixes = [0] * len(positions)
     remaining = list(positions)
     for level in range(64 // KEY_BITS):
-        shift = np.uint64(64 - KEY_BITS * (level + 1))
-        counts = np.zeros((len(positions), 1 << KEY_BITS), np.int64)
-        for chunk in chunks():
-            if level == 0 and np.isnan(chunk).any():
-                raise QualityError(f"{int(np.isnan(chunk).sum())} NaN scores in a chunk of "
-                                   f"{chunk.size}: rescore those rows or drop them first")
-            keys = _sortable_keys(chunk)
-            digits = ((keys >> shift) & np.uint64(0xFFFF)).astype(np.intp)
-            high = keys >> (shift + np.uint64(KEY_BITS)) if level else None
-            for prefix in set(prefixes):  # targets on the same prefix share one histogram
-                chosen = digits if high is None else digits[high == np.uint64(prefix)]
-                histogram = np.bincount(chosen, minlength=1 << KEY_BITS)
-                for t in (t for t, p in enumerate(prefixes) if p == prefix):
-                    counts[t] += histogram
+        distinct = sorted(set(prefixes))  # targets on the same prefix share one histogram
+        counts = count_pass(level, distinct)
         if level == 0 and int(counts[0].sum()) != rows:
-            raise QualityError(f"expected {rows} scores, the stream held {int(counts[0].sum())}")
+            raise QualityError(f"expected {rows} scores, the passes counted "
+                               f"{int(counts[0].sum())}")
         for t in range(len(positions)):
-            cumulative = np.cumsum(counts[t])
+            cumulative = np.cumsum(counts[distinct.index(prefixes[t])])
             digit = int(np.searchsorted(cumulative, remaining[t], side="right"))
             remaining[t] -= int(cumulative[digit - 1]) if digit else 0
             prefixes[t] = (prefixes[t] << KEY_BITS) | digit
@@ -160,12 +168,11 @@ def bucket_ranks(rows: int, fractions: list[float]) -> list[int]:
     return [min(r, rows) for r in ranks]
 
 
-def bucket_thresholds(chunks: Callable[[], Iterable[np.ndarray]], rows: int,
-                      fractions: list[float]) -> list[float]:
+def bucket_thresholds(count_pass: RadixPass, rows: int, fractions: list[float]) -> list[float]:
     """Descending score cuts: bucket i holds scores in [cut_i, cut_{i-1}) (bucket 0: >= cut_0),
     cut_i being the score of the row ranked ceil(rows * (f_0 + ... + f_i)) from the top."""
     ranks = bucket_ranks(rows, fractions)
-    return order_statistics(chunks, rows, [rows - r for r in ranks])
+    return order_statistics(count_pass, rows, [rows - r for r in ranks])
 
 
 def assign_buckets(scores: np.ndarray, thresholds: list[float]) -> np.ndarray:

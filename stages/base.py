@@ -114,11 +114,20 @@ def attach_reasons(table: pa.Table, reasons: Sequence[str], details: Sequence[st
 
 
 class WorkUnit(BaseModel):
-    """The unit of work and of resume: one input shard, or one raw file."""
+    """The unit of work and of resume: one input shard, or one raw file or part of one."""
 
     index: int
     uri: str
     rows: int | None = None
+    part: tuple[int, int] | None = Field(
+        default=None, description="[start, end) of the file: bytes for JSONL, row groups "
+                                  "for Parquet; None = all of it")
+
+
+class Digest(Protocol):
+    """What a unit's reader feeds with what it read (xxhash and hashlib objects fit)."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class StageInput(Protocol):
@@ -130,7 +139,10 @@ class StageInput(Protocol):
 
     def schema(self) -> pa.Schema: ...
 
-    def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]: ...
+    def read_unit(self, unit: WorkUnit, batch_rows: int,
+                  digest: Digest | None = None) -> Iterator[pa.Table]:
+        """The unit's rows in batches; `digest` is fed what was read, for the lineage."""
+        ...
 
 
 class DatasetInput:
@@ -151,7 +163,10 @@ class DatasetInput:
     def schema(self) -> pa.Schema:
         return self.dataset.schema
 
-    def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]:
+    def read_unit(self, unit: WorkUnit, batch_rows: int,
+                  digest: Digest | None = None) -> Iterator[pa.Table]:
+        if digest is not None:
+            digest.update(self.dataset.shards[unit.index].checksum.encode())
         table = self.dataset.read_shard(unit.index, verify=self.verify)
         for offset in range(0, table.num_rows, batch_rows):
             yield table.slice(offset, batch_rows)

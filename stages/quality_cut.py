@@ -1,31 +1,37 @@
-"""quality_cut (global step), step 2 of the quality filter: streams only the score column of
-the committed scored dataset to cut exact quantile buckets (top 0-10%, 10-20%, ...), counts
-each bucket's samples (or tokens), and asks the data-filtering scaling law how many top
-buckets to train on for the budget (Goyal et al., 2024). It writes one row per bucket (cut,
+"""quality_cut (global step), step 2 of the quality filter: cuts the committed scored dataset
+into exact quantile buckets (top 0-10%, 10-20%, ...) with a radix select whose histograms the
+Ray workers count shard by shard, counts each bucket's samples (or tokens) the same way,
+and asks the data-filtering scaling law how many top buckets to train on for the budget
+(Goyal et al., 2024). It writes one row per bucket (cut,
 size, selected) and keeps the law's decision in its manifest summary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from gristmill.config import FrozenModel
+from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.scoring import scaling_laws as law
 from gristmill.scoring.quality import (
+    KEY_BITS,
     QualityError,
+    RadixPass,
     assign_buckets,
     bucket_thresholds,
+    radix_counts,
 )
 from gristmill.stages.base import (
     require_columns,
 )
 from gristmill.stages.global_step import GlobalStep, StepSink
 from gristmill.stages.quality_score import SCORE_TYPES, TOKEN_TYPES, BudgetUnit, QualityFilterError
+from gristmill.stages.worker_pass import map_shards
 from gristmill.storage.reader import Dataset
 
 
@@ -39,36 +45,87 @@ class QualityCuts(FrozenModel):
     bucket_tokens: list[int] | None = None
 
 
-def _score_chunks(dataset: Dataset, column: str) -> Iterator[np.ndarray]:
-    for batch in dataset.iter_batches(columns=[column]):
-        array = batch.column(0)
-        if array.null_count:
-            raise QualityFilterError(
-                f"{array.null_count} rows of {dataset.uri} have no {column!r}: the score "
-                "column must be complete (score those rows or drop them first)")
-        yield array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+class _ColumnProblems(FrozenModel):
+    """Rows the cut cannot rank, counted by the workers so the driver can say how many."""
+
+    nulls: int = 0
+    nans: int = 0
+
+
+def _radix_share(table: pa.Table, *, level: int, prefixes: list[int]) -> pa.Table:
+    """One shard's digit counts for one radix pass, sent back sparse (nonzero only)."""
+    array = table.column(0)
+    scores = array.drop_null().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    nans = int(np.isnan(scores).sum())
+    counts = radix_counts(scores[~np.isnan(scores)], level, prefixes)
+    rows, digits = np.nonzero(counts)
+    return pa.table({"nulls": [array.null_count], "nans": [nans],
+                     "rows": [rows.astype(np.int32)], "digits": [digits.astype(np.int32)],
+                     "counts": [counts[rows, digits]]})
+
+
+def _worker_radix_pass(dataset: Dataset, column: str, runtime: RuntimeConfig) -> RadixPass:
+    """A radix pass whose counting runs on the workers, one task per shard; the first pass
+    also refuses null and NaN scores, with their counts."""
+    def count_pass(level: int, prefixes: list[int]) -> np.ndarray:
+        total = np.zeros((len(prefixes), 1 << KEY_BITS), np.int64)
+        found = _ColumnProblems()
+        share = functools.partial(_radix_share, level=level, prefixes=prefixes)
+        for part in map_shards(dataset, share, [column], runtime):
+            for row in part.to_pylist():
+                np.add.at(total, (np.asarray(row["rows"], np.intp),
+                                  np.asarray(row["digits"], np.intp)), row["counts"])
+                found = _ColumnProblems(nulls=found.nulls + row["nulls"],
+                                        nans=found.nans + row["nans"])
+        if level == 0:
+            _refuse_unranked(dataset, column, found)
+        return total
+    return count_pass
+
+
+def _refuse_unranked(dataset: Dataset, column: str, found: _ColumnProblems) -> None:
+    if found.nulls:
+        raise QualityFilterError(
+            f"{found.nulls} rows of {dataset.uri} have no {column!r}: the score column must "
+            "be complete (score those rows or drop them first)")
+    if found.nans:
+        raise QualityFilterError(f"{found.nans} NaN scores in {column!r} of {dataset.uri}: "
+                                 "rescore those rows or drop them first")
+
+
+def _bucket_share(table: pa.Table, *, thresholds: list[float], buckets: int) -> pa.Table:
+    """One shard's rows (and tokens) per bucket."""
+    assigned = assign_buckets(table.column(0).to_numpy(zero_copy_only=False), thresholds)
+    rows = np.bincount(assigned, minlength=buckets)
+    tokens = np.zeros(buckets, np.int64)
+    if table.num_columns > 1:
+        counts = table.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+        tokens = np.bincount(assigned, weights=counts, minlength=buckets).astype(np.int64)
+    return pa.table({"rows": [rows], "tokens": [tokens]})
 
 
 def cut_buckets(dataset: Dataset, score_column: str, fractions: list[float],
-                token_column: str | None = None) -> QualityCuts:
-    """Exact quantile cuts over the whole scored dataset, streaming only the score (and
-    token) column a batch at a time, then one more pass to count bucket sizes."""
+                token_column: str | None = None,
+                runtime: RuntimeConfig | None = None) -> QualityCuts:
+    """Exact quantile cuts over the whole scored dataset: four radix passes, then one pass
+    to count bucket sizes, each run on the Ray workers shard by shard. The driver adds up
+    histograms and never reads the score column."""
+    runtime = runtime or RuntimeConfig(progress=False)
     wanted = {score_column: SCORE_TYPES, **({token_column: TOKEN_TYPES} if token_column else {})}
     require_columns(dataset.schema, "quality cut", wanted)
     try:
-        thresholds = bucket_thresholds(lambda: _score_chunks(dataset, score_column),
-                                       dataset.num_rows, fractions)
+        thresholds = bucket_thresholds(
+            _worker_radix_pass(dataset, score_column, runtime), dataset.num_rows, fractions)
     except QualityError as err:
         raise QualityFilterError(f"{dataset.uri}: {err}") from err
     rows = np.zeros(len(fractions) + 1, np.int64)
     tokens = np.zeros(len(fractions) + 1, np.int64)
     columns = [score_column, *([token_column] if token_column else [])]
-    for batch in dataset.iter_batches(columns=columns):
-        buckets = assign_buckets(batch.column(0).to_numpy(zero_copy_only=False), thresholds)
-        rows += np.bincount(buckets, minlength=rows.size)
-        if token_column:
-            counts = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
-            tokens += np.bincount(buckets, weights=counts, minlength=tokens.size).astype(np.int64)
+    share = functools.partial(_bucket_share, thresholds=thresholds, buckets=rows.size)
+    for part in map_shards(dataset, share, columns, runtime):
+        for row in part.to_pylist():
+            rows += np.asarray(row["rows"], np.int64)
+            tokens += np.asarray(row["tokens"], np.int64)
     empty = [i for i in range(len(fractions)) if rows[i] == 0]
     if empty:
         raise QualityFilterError(f"quality buckets {empty} are empty: scores tie across the "
@@ -221,7 +278,8 @@ class QualityCut(GlobalStep[QualityCutConfig]):
 
     def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
         cfg = self.config
-        cuts = cut_buckets(inputs[0], cfg.score_column, cfg.fractions, cfg.token_column)
+        cuts = cut_buckets(inputs[0], cfg.score_column, cfg.fractions, cfg.token_column,
+                           sink.runtime)
         decision = decide(cfg.law, cuts, cfg.budget, cfg.unit)
         sink.write(cut_table(cuts, decision.keep_buckets))
         return decision.model_dump(mode="json")

@@ -24,6 +24,7 @@ from gristmill.scoring.chat_prefix import end_of_turn_strings, user_turn_prefix
 from gristmill.stages.base import (
     STRING_TYPES,
     AddColumnsStage,
+    Digest,
     Rejections,
     Split,
     WorkUnit,
@@ -65,9 +66,12 @@ class SeedRowsInput:
     def schema(self) -> pa.Schema:
         return SEED_SCHEMA
 
-    def read_unit(self, unit: WorkUnit, batch_rows: int) -> Iterator[pa.Table]:
+    def read_unit(self, unit: WorkUnit, batch_rows: int,
+                  digest: Digest | None = None) -> Iterator[pa.Table]:
         first = self.spec.first_seed + unit.index * self.spec.rows_per_unit
         seeds = list(range(first, first + (unit.rows or 0)))
+        if digest is not None:
+            digest.update(f"seeds {first}-{first + len(seeds)}".encode())
         for offset in range(0, len(seeds), batch_rows):
             chunk = seeds[offset:offset + batch_rows]
             ids = [hashlib.blake2b(f"scalequest-seed:{s}".encode(), digest_size=16).hexdigest()

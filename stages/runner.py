@@ -18,6 +18,8 @@ previous output stays readable. The old generation's shards are deleted after th
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import sys
 import time
 import traceback
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import xxhash
 from pydantic import BaseModel, Field, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -85,6 +88,8 @@ class UnitRecord(BaseModel):
     rows_out: int
     rows_rejected: int
     reject_reasons: dict[str, int] = Field(default_factory=dict)
+    input_digest: str = Field(default="", description="xxh3_128 of what the unit read")
+    worker: str = Field(default="", description="host:pid of the worker that ran it")
     seconds: float
     finished: datetime
 
@@ -155,8 +160,9 @@ def process_unit(stage: MapStage, source: StageInput, unit: WorkUnit, out: Locat
     rejected_writer = ShardSetWriter(out.join(REJECTED_DIR), schemas[1], **options)
     rows_in = rows_out = rows_rejected = 0
     reasons: Counter[str] = Counter()
+    digest = xxhash.xxh3_128()
     try:
-        for batch in source.read_unit(unit, stage.config.resources.batch_rows):
+        for batch in source.read_unit(unit, stage.config.resources.batch_rows, digest):
             split = stage.process(batch)
             accounted = split.kept.num_rows + split.rejected.num_rows
             if not stage.fan_out and accounted != batch.num_rows:
@@ -173,7 +179,8 @@ def process_unit(stage: MapStage, source: StageInput, unit: WorkUnit, out: Locat
         record = UnitRecord(
             index=unit.index, kept=kept_writer.close(), rejected=rejected_writer.close(),
             rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
-            reject_reasons=dict(reasons), seconds=time.perf_counter() - started,
+            reject_reasons=dict(reasons), input_digest=digest.hexdigest(),
+            worker=f"{socket.gethostname()}:{os.getpid()}", seconds=time.perf_counter() - started,
             finished=datetime.now(UTC),
         )
     except BaseException:
@@ -353,6 +360,7 @@ def _stats(records: list[UnitRecord], reused: int) -> StageStats:
         reject_reasons=dict(reasons.most_common()),
         units_total=len(records),
         units_reused=reused,
+        units_per_worker=dict(Counter(r.worker for r in records)),
         seconds=sum(r.seconds for r in records),
     )
 
@@ -414,8 +422,8 @@ def run_stage(
     lineage = Lineage(
         stage=stage.name, config=config.model_dump(mode="json"),
         config_hash=config_hash(payload),
-        inputs=refs, code_version=code, cache_key=key, flow_run_id=flow_run_id,
-        started=started, finished=datetime.now(UTC),
+        inputs=refs, code_version=code, cache_key=key, input_digest=_input_digest(ordered),
+        flow_run_id=flow_run_id, started=started, finished=datetime.now(UTC),
     )
     kept = [s for r in ordered for s in r.kept]
     rejected = [s for r in ordered for s in r.rejected]
@@ -425,6 +433,13 @@ def run_stage(
     remove_unlisted_shards(out.join(REJECTED_DIR), {s.file for s in rejected})
     remove_tree(out.join(PROGRESS_DIR))
     return stage_result(stage.name, out, key, False, stats, wall)
+
+
+def _input_digest(records: list[UnitRecord]) -> str:
+    digest = xxhash.xxh3_128()
+    for record in records:
+        digest.update(record.input_digest.encode())
+    return digest.hexdigest()
 
 
 def stage_result(stage: str, out: Location, key: str, reused: bool, stats: StageStats,

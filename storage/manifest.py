@@ -54,6 +54,9 @@ class Lineage(BaseModel):
     inputs: list[InputRef] = Field(default_factory=list)
     code_version: str = ""
     cache_key: str = ""
+    input_digest: str = Field(
+        default="", description="xxh3_128 over what each unit read (raw bytes or shard "
+                                "checksums), in unit order: the content the workers saw")
     flow_run_id: str | None = None
     started: datetime | None = None
     finished: datetime | None = None
@@ -68,6 +71,9 @@ class StageStats(BaseModel):
     reject_reasons: dict[str, int] = Field(default_factory=dict)
     units_total: int = 0
     units_reused: int = Field(default=0, description="Units finished by an interrupted run")
+    units_per_worker: dict[str, int] = Field(
+        default_factory=dict, description="Units each worker (host:pid) ran, so a run shows "
+                                          "how widely its work was spread")
     tokens: int = Field(default=0, description="Tokens generated or embedded (model stages)")
     seconds: float = Field(default=0.0, description="Worker seconds summed over units")
     gpu_seconds: float = Field(default=0.0, description="GPU worker seconds summed over units")

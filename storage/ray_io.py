@@ -73,10 +73,10 @@ class ShardDatasource(Datasource):
         return "GristmillShards"
 
 
-def read_ray(uri: str | Location, *, columns: list[str] | None = None,
+def read_ray(source: str | Location | Dataset, *, columns: list[str] | None = None,
              verify: bool = False) -> ray.data.Dataset:
     """Open a committed dataset lazily as a Ray Dataset (one block per shard)."""
-    dataset = Dataset.open(uri)
+    dataset = source if isinstance(source, Dataset) else Dataset.open(source)
     if not dataset.shards:
         empty = dataset.schema.empty_table()
         return ray.data.from_arrow(empty.select(columns) if columns is not None else empty)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray for the session, quiet services, offline models."""
+"""Shared fixtures: one local Ray for the session, a real S3 server on loopback when a test
+asks for one, quiet services, offline models."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections.abc import Iterator
 
 import fsspec
 import pytest
+from s3_server import S3Server, environment_for_tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+S3_PORT = environment_for_tests()
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +38,20 @@ def memory_uri() -> Iterator[str]:
     memory = fsspec.filesystem("memory")
     if memory.exists(path):
         memory.rm(path, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """SeaweedFS's S3 server on loopback, started once; its data is removed after."""
+    server = S3Server(S3_PORT)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh bucket on the test S3 server."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(name)
+    return name

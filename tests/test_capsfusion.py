@@ -17,7 +17,8 @@ from gristmill.scoring.caption_checks import clean_caption, entity_retention, gu
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, StageInputError
 from gristmill.stages.capsfusion import CapsFusion, CapsFusionConfig, fusion_prompt
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
+from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import StageResult, run_stage
 from gristmill.storage.manifest import StageStats
 from gristmill.storage.reader import Dataset

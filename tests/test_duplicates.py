@@ -25,7 +25,7 @@ from gristmill.scoring.duplicates import (
 from gristmill.scoring.near_dup import MinHasher, exact_key
 from gristmill.sources import resolve as resolve_source
 from gristmill.stages.global_step import run_global_step
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.question_dedup import (
     QuestionDedupPlan,
     QuestionDedupPlanConfig,
@@ -34,6 +34,7 @@ from gristmill.stages.question_dedup import (
     QuestionDedupSelect,
     QuestionDedupSelectConfig,
 )
+from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table

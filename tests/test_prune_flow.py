@@ -22,12 +22,13 @@ from gristmill.stages.base import StageInputError
 from gristmill.stages.dedup import DedupConfig
 from gristmill.stages.embed import EmbedConfig
 from gristmill.stages.global_step import DatasetRef, run_global_step
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.prune import ClusteringConfig, PrototypeConfig, PruneConfig
 from gristmill.stages.prune_centroids import CentroidsConfig, PruneCentroids
 from gristmill.stages.prune_decisions import DECISION_SCHEMA, DecisionsConfig, PruneDecisions
 from gristmill.stages.prune_score import PruneScore, PruneScoreConfig
 from gristmill.stages.prune_select import PruneSelect, PruneSelectConfig
+from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vector_array

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gristmill.config import RuntimeConfig
 from gristmill.scoring import scaling_laws as law
@@ -20,6 +22,7 @@ from gristmill.scoring.quality import (
     bucket_thresholds,
     heuristic_features,
     order_statistics,
+    radix_counts,
 )
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, StageInputError
@@ -108,14 +111,33 @@ def test_scorer_problems_are_said_before_any_work(tmp_path: Path) -> None:
         HeuristicScorerConfig(weights={"sparkle": 1.0})
 
 
+def chunked_pass(values: np.ndarray, cuts: list[int]):
+    """A radix pass that adds up the shares of `values` split at `cuts`, as workers would."""
+    def count_pass(level: int, prefixes: list[int]) -> np.ndarray:
+        return sum(radix_counts(chunk, level, prefixes) for chunk in np.split(values, cuts))
+    return count_pass
+
+
 def test_order_statistics_are_exact_for_any_floats_and_ties() -> None:
     rng = np.random.default_rng(3)
     values = np.concatenate([rng.standard_normal(50_000) * 1e-3, np.full(5_000, -0.0),
                              np.full(5_000, 2.5), [-np.inf, np.inf, 1e300, -1e-300]])
     rng.shuffle(values)
     positions = [0, 1, 17, 30_000, 52_000, values.size - 2, values.size - 1]
-    chunks = lambda: (values[i:i + 4096] for i in range(0, values.size, 4096))  # noqa: E731
-    assert order_statistics(chunks, values.size, positions) == np.sort(values)[positions].tolist()
+    count_pass = chunked_pass(values, list(range(4096, values.size, 4096)))
+    assert order_statistics(count_pass, values.size, positions) == \
+        np.sort(values)[positions].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(allow_nan=False), min_size=1, max_size=300), st.data())
+def test_order_statistics_do_not_depend_on_how_the_scores_are_split(
+        values: list[float], data: st.DataObject) -> None:
+    scores = np.array(values, np.float64)
+    cuts = sorted(data.draw(st.lists(st.integers(0, scores.size), max_size=6)))
+    positions = data.draw(st.lists(st.integers(0, scores.size - 1), min_size=1, max_size=5))
+    found = order_statistics(chunked_pass(scores, cuts), scores.size, positions)
+    assert found == np.sort(scores + 0.0)[positions].tolist()
 
 
 def test_bucket_cuts_stream_the_score_column_and_match_a_full_sort(tmp_path: Path) -> None:
@@ -135,7 +157,7 @@ def test_bucket_cuts_stream_the_score_column_and_match_a_full_sort(tmp_path: Pat
 def test_nan_or_missing_scores_are_refused_with_counts(tmp_path: Path) -> None:
     scores = np.random.default_rng(1).random(500)
     scores[[3, 99]] = np.nan
-    with pytest.raises(QualityFilterError, match="2 NaN scores"):
+    with pytest.raises(QualityFilterError, match="2 NaN scores in 'quality_score'"):
         cut_buckets(Dataset.open(scored_dataset(tmp_path / "nan", scores)), "quality_score",
                     [0.1] * 4)
     table = pa.table({"quality_score": pa.array([0.1, None, 0.3] * 10, pa.float64())})
@@ -149,7 +171,7 @@ def test_fewer_rows_than_buckets_and_tied_scores_are_refused(tmp_path: Path) -> 
         cut_buckets(Dataset.open(scored_dataset(tmp_path / "few", np.array([0.3, 0.2, 0.1]))),
                     "quality_score", [0.1] * 4)
     with pytest.raises(QualityError, match="cannot fill"):
-        bucket_thresholds(lambda: iter([np.ones(5)]), 5, [0.1] * 4)
+        bucket_thresholds(chunked_pass(np.ones(5), []), 5, [0.1] * 4)
     ties = np.concatenate([np.ones(900), np.linspace(0, 0.5, 100)])
     with pytest.raises(QualityFilterError, match=r"buckets \[1, 2, 3\] are empty"):
         cut_buckets(Dataset.open(scored_dataset(tmp_path / "ties", ties)), "quality_score",

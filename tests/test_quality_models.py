@@ -21,7 +21,7 @@ from gristmill.flows.quality_filter import QualityFilterParams, quality_filter_f
 from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.scoring.quality import roc_auc
 from gristmill.sources import resolve
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.quality_cut import LawChoice
 from gristmill.stages.quality_reference import (
     ReferenceSets,
@@ -35,6 +35,7 @@ from gristmill.stages.quality_scorers import (
     PerplexityScorerConfig,
 )
 from gristmill.stages.quality_select import REJECT_REASON
+from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import run_stage
 from gristmill.storage.reader import Dataset
 

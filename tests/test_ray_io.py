@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 import ray
 import ray.cloudpickle
 
+from gristmill.config import RuntimeConfig
+from gristmill.stages.worker_pass import map_shards
 from gristmill.storage.errors import DatasetExistsError, NotADatasetError
 from gristmill.storage.manifest import Manifest
 from gristmill.storage.ray_io import read_ray, write_ray
@@ -167,3 +171,20 @@ def test_write_ray_then_read_ray_round_trips(tmp_path: Path) -> None:
     rows = read_ray(str(folder)).take_all()
     assert sorted(row["id"] for row in rows) == list(range(1000))
     assert all(row["text"] == f"row {row['id']}" for row in rows)
+
+
+def shard_summary(table: pa.Table) -> pa.Table:
+    return pa.table({"rows": [table.num_rows], "id_sum": [pa.compute.sum(table["id"]).as_py()],
+                     "pid": [os.getpid()], "columns": [table.column_names]})
+
+
+def test_a_worker_pass_sends_back_one_summary_per_shard_from_the_workers(
+        tmp_path: Path) -> None:
+    write_table(str(tmp_path / "ds"), make_table(ROWS), max_rows=1_500)
+    dataset = Dataset.open(str(tmp_path / "ds"))
+    summaries = pa.concat_tables(map_shards(dataset, shard_summary, ["id"],
+                                            RuntimeConfig(progress=False)))
+    assert sorted(summaries["rows"].to_pylist()) == sorted(s.rows for s in dataset.shards)
+    assert sum(summaries["id_sum"].to_pylist()) == ROWS * (ROWS - 1) // 2
+    assert set(summaries["columns"].to_pylist()[0]) == {"id"}
+    assert os.getpid() not in summaries["pid"].to_pylist()

@@ -15,7 +15,8 @@ import ray.cloudpickle
 
 from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.stages.base import DatasetInput, MapStage, Split, StageConfig, StageInputError
-from gristmill.stages.ingest import Ingest, IngestConfig, RawFilesInput
+from gristmill.stages.ingest import Ingest, IngestConfig
+from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import (
     PROGRESS_DIR,
     StageFailedError,
