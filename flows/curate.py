@@ -1,7 +1,8 @@
 """Flow: raw sources -> training-ready shards, every method in order, each step resumable.
 
-ingest -> text_filter -> quality pool for the budget -> prune + dedup -> one dataset per
-domain -> temperature-scheduled mixture (the final shards), with two optional branches:
+ingest + text_filter (fused: one pass, only the filtered rows and both stages' rejects are
+written) -> quality pool for the budget -> prune + dedup -> one dataset per domain ->
+temperature-scheduled mixture (the final shards), with two optional branches:
 image-text sources through caption fusion, and a retrieval datastore over the curated text.
 Every step is a cached Prefect task or sub-flow whose output is committed atomically, so a
 failed or killed run started again picks up at the first unfinished step.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import (
@@ -27,12 +29,13 @@ from gristmill.flows.fuse_captions import FuseCaptionsParams, fuse_captions_flow
 from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.flows.prune import PruneParams, prune_flow
 from gristmill.flows.quality_filter import QualityFilterParams, quality_filter_flow
-from gristmill.flows.stage_task import run_stage_task, run_step_task
+from gristmill.flows.stage_task import run_chain_task, run_stage_task, run_step_task
 from gristmill.inference import GeneratorConfig
 from gristmill.loading.mixture import DomainSpec, MixtureConfig
 from gristmill.scoring.temperature import CooldownSchedule, Schedule
-from gristmill.stages.base import DatasetInput, StageInputError
+from gristmill.stages.base import StageInputError
 from gristmill.stages.capsfusion import CapsFusionConfig
+from gristmill.stages.chain import Link
 from gristmill.stages.global_step import StepResult
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.partition import Partition, PartitionConfig, read_parts
@@ -75,6 +78,11 @@ class CurateParams(FrozenModel):
                                         "of about this size, one unit of work each")
     work_dir: str = Field(default=".gristmill/curate",
                           description="Each step writes its own folder under this one")
+    keep: list[Literal["ingest"]] = Field(
+        default_factory=list,
+        description="ingest and text_filter run fused in one pass into text_filter/ (ingest's "
+                    "rejects in text_filter/rejected-ingest/); ['ingest'] also writes the "
+                    "ingested rows to text_filter/kept-ingest/")
     ingest: IngestConfig = IngestConfig()
     text_filter: TextFilterConfig = TextFilterConfig()
     captions: CaptionsStep = CaptionsStep()
@@ -120,16 +128,14 @@ def _funnel(step: str, result: StageResult | StepResult) -> FunnelRow:
 def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow],
                 plots: Path) -> str:
     """ingest -> text_filter -> quality -> prune; returns the curated dataset's URI."""
-    runtime, verify = params.runtime, params.runtime.storage.verify_inputs
-    ingested = run_stage_task(
-        Ingest, params.ingest, RawFilesInput.from_args(
-            params.sources, max_records=params.max_records, unit_bytes=params.unit_bytes),
-        params.path("ingest"), runtime)
+    runtime = params.runtime
+    raw = RawFilesInput.from_args(params.sources, max_records=params.max_records,
+                                  unit_bytes=params.unit_bytes)
+    ingested, filtered = run_chain_task(
+        [Link(Ingest, params.ingest), Link(TextFilter, params.text_filter)], raw,
+        params.path("text_filter"), runtime, params.keep)
     funnel.append(_funnel("ingest", ingested))
     progress.step()
-    filtered = run_stage_task(TextFilter, params.text_filter,
-                              DatasetInput(ingested.output, verify=verify),
-                              params.path("text_filter"), runtime)
     funnel.append(_funnel("text_filter", filtered))
     progress.step()
     current = filtered.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gristmill.flows.plots import markdown_image
 from gristmill.storage.reader import Dataset
@@ -18,8 +18,12 @@ class FunnelRow(BaseModel):
     rows_out: int
     rows_rejected: int
     reasons: dict[str, int]
-    output: str
+    output: str | None = Field(description="None: fused into the next step, not written")
     reused: bool = False
+
+
+def _where(output: str | None) -> str:
+    return "(fused, not written)" if output is None else f"`{output}`"
 
 
 def _reasons(reasons: dict[str, int], shown: int = 4) -> str:
@@ -32,7 +36,8 @@ def funnel_table(funnel: list[FunnelRow]) -> list[str]:
     lines = ["| step | rows in | rows out | rejected | top reasons | output |",
              "|---|---:|---:|---:|---|---|"]
     lines += [f"| {r.step}{' (reused)' if r.reused else ''} | {r.rows_in:,} | {r.rows_out:,} "
-              f"| {r.rows_rejected:,} | {_reasons(r.reasons)} | `{r.output}` |" for r in funnel]
+              f"| {r.rows_rejected:,} | {_reasons(r.reasons)} | {_where(r.output)} |"
+              for r in funnel]
     return lines
 
 

@@ -43,8 +43,9 @@ def stage_report(result: StageResult) -> str:
     lines = [
         f"# {result.stage}",
         "",
-        f"Output: `{result.output}`" + (" (reused: inputs, config and code unchanged)"
-                                        if result.reused else ""),
+        "Output: " + ("fused into the next stage, not written" if result.output is None
+                      else f"`{result.output}`")
+        + (" (reused: inputs, config and code unchanged)" if result.reused else ""),
         "",
         "| rows in | rows out | rows rejected | units | units resumed | seconds |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -59,13 +60,15 @@ def stage_report(result: StageResult) -> str:
         lines += [f"| {reason} | {count:,} |" for reason, count in stats.reject_reasons.items()]
     else:
         lines.append("_(no rows rejected)_")
-    dataset = Dataset.open(result.output)
-    text_columns = [c for c in ("id", "text", "source", "lang_id", "lang_score")
-                    if c in dataset.schema.names]
-    lines += ["", "## Sample kept rows", "", *_sample_table(dataset, text_columns)]
-    if dataset.rejected is not None:
+    if result.output is not None:
+        dataset = Dataset.open(result.output)
+        text_columns = [c for c in ("id", "text", "source", "lang_id", "lang_score")
+                        if c in dataset.schema.names]
+        lines += ["", "## Sample kept rows", "", *_sample_table(dataset, text_columns)]
+    if result.rejected is not None:
         columns = ["reject_reason", "reject_detail", "text", "locator"]
-        lines += ["", "## Sample rejected rows", "", *_sample_table(dataset.rejected, columns)]
+        lines += ["", "## Sample rejected rows", "",
+                  *_sample_table(Dataset.open(result.rejected), columns)]
     return "\n".join(lines) + "\n"
 
 

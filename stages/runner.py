@@ -1,74 +1,67 @@
-"""Run a map stage over its input with Ray, resumably, and commit kept + rejected rows.
+"""Run a chain of map stages over its input with Ray, resumably, and commit what it keeps.
 
-The unit of work is one input shard (or raw file). A Ray actor pool processes units; each
-unit's output shards are named `part-<generation>-<unit>-<n>.arrow`, and only after they
-are closed does the worker write `_progress/unit-NNNNN.json` atomically. A run that is
-killed therefore resumes by skipping recorded units and deleting unrecorded files: no
-finished unit is redone and no row is written twice.
+A single stage is a chain of one link; stages/chain.py says where a chain's rows go. The
+unit of work is one input shard (or raw file, or part of one). A Ray actor pool processes
+units; each unit passes every batch through every link, its shards are named
+`part-<generation>-<unit>-<n>.arrow`, and only after they are closed does the worker write
+`_progress/unit-NNNNN.json` atomically. A run that is killed therefore resumes by skipping
+recorded units and deleting unrecorded files: no finished unit is redone and no row is
+written twice.
 
-Before any work, a committed output whose cache key (stage, config hash, input content
-hashes, code version, storage settings) matches is reused as it is. Models enter the config
-hash by content (gristmill/inference/identity.py) and code by its syntax tree
-(stages/code_version.py), so a moved model or an edited comment keeps the key. Otherwise the
-new run writes a new generation of shards beside the committed one, and replacing the
-manifest (an atomic rename) switches readers over: until then, and if the run fails, the
-previous output stays readable. The old generation's shards are deleted after the switch.
+Before any work, a committed output whose cache key (every link's stage and config, input
+content hashes, code version, storage settings, what is kept) matches is reused as it is.
+Models enter the config hash by content (gristmill/inference/identity.py) and code by its
+syntax tree (stages/code_version.py), so a moved model or an edited comment keeps the key.
+Otherwise the new run writes a new generation of shards beside the committed one, and
+replacing the manifest (an atomic rename, sub-datasets first) switches readers over: until
+then, and if the run fails, the previous output stays readable. The old generation's
+shards are deleted after the switch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import xxhash
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.runtime import ensure_ray
+from gristmill.stages import chain as chain_module
 from gristmill.stages.base import (
     MapStage,
+    Resources,
     StageConfig,
     StageContractError,
     StageInput,
     StageInputError,
     WorkUnit,
 )
+from gristmill.stages.chain import OUTPUT, ChainPlan, Link, UnitRecord, process_unit
 from gristmill.stages.code_version import code_version
 from gristmill.storage.errors import UnreadableManifestError
-from gristmill.storage.fs import (
-    Location,
-    read_bytes,
-    remove_tree,
-    resolve,
-    write_bytes_atomic,
-)
+from gristmill.storage.fs import Location, read_bytes, remove_tree, resolve, write_bytes_atomic
 from gristmill.storage.manifest import (
     PROGRESS_DIR,
     REJECTED_DIR,
     InputRef,
     Lineage,
     Manifest,
-    ShardInfo,
     StageStats,
     canonical_json,
     is_committed,
     load_manifest,
 )
-from gristmill.storage.writer import (
-    ShardSetWriter,
-    commit_dataset,
-    prepare_output,
-    remove_unlisted_shards,
-)
+from gristmill.storage.writer import commit_dataset, prepare_output, remove_unlisted_shards
 
 PLAN_FILE = "plan.json"
 GENERATION_CHARS = 12
@@ -78,27 +71,12 @@ class StageFailedError(RuntimeError):
     """Some units failed; finished units stay recorded so a rerun resumes after the fix."""
 
 
-class UnitRecord(BaseModel):
-    """What one finished unit wrote: the durable proof that it need not run again."""
-
-    index: int
-    kept: list[ShardInfo]
-    rejected: list[ShardInfo]
-    rows_in: int
-    rows_out: int
-    rows_rejected: int
-    reject_reasons: dict[str, int] = Field(default_factory=dict)
-    input_digest: str = Field(default="", description="xxh3_128 of what the unit read")
-    worker: str = Field(default="", description="host:pid of the worker that ran it")
-    seconds: float
-    finished: datetime
-
-
 class StageResult(BaseModel):
-    """What a flow passes on: where the output is and what happened, never the data."""
+    """What a flow passes on for one stage: where its rows are and what happened, never the
+    data. An earlier link of a chain has no output of its own unless it was kept."""
 
     stage: str
-    output: str
+    output: str | None
     rejected: str | None
     cache_key: str
     reused: bool
@@ -106,9 +84,15 @@ class StageResult(BaseModel):
     wall_seconds: float
 
 
+def chain_code_version(stage_classes: Sequence[type[MapStage]]) -> str:
+    """Every stage's module, this runner, and every gristmill module they reach."""
+    modules = {sys.modules[cls.__module__] for cls in stage_classes}
+    return code_version(*sorted(modules, key=lambda m: m.__name__), sys.modules[__name__],
+                        chain_module)
+
+
 def stage_code_version(stage_cls: type[MapStage]) -> str:
-    """The stage's module, this runner, and every gristmill module either reaches."""
-    return code_version(sys.modules[stage_cls.__module__], sys.modules[__name__])
+    return chain_code_version([stage_cls])
 
 
 def cache_key(stage: str, config: dict, refs: list[InputRef], code: str,
@@ -124,11 +108,25 @@ def cache_key(stage: str, config: dict, refs: list[InputRef], code: str,
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _chain_name(links: Sequence[Link]) -> str:
+    return "+".join(link.stage_cls.name for link in links)
+
+
+def _chain_payload(links: Sequence[Link], keep: Sequence[str]) -> dict:
+    return {"links": [{"stage": link.stage_cls.name, "config": link.config.hash_payload()}
+                      for link in links], "keep": sorted(keep)}
+
+
+def chain_cache_key(links: Sequence[Link], source: StageInput, storage: StorageConfig,
+                    keep: Sequence[str] = ()) -> str:
+    """The key a committed output must carry to be reused for this run."""
+    return cache_key(_chain_name(links), _chain_payload(links, keep), source.refs(),
+                     chain_code_version([link.stage_cls for link in links]), storage)
+
+
 def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
                     storage: StorageConfig) -> str:
-    """The key a committed output must carry to be reused for this run."""
-    return cache_key(stage_cls.name, config.hash_payload(), source.refs(),
-                     stage_code_version(stage_cls), storage)
+    return chain_cache_key([Link(stage_cls, config)], source, storage)
 
 
 def committed_with_key(output: str, key: str) -> bool:
@@ -144,69 +142,31 @@ def config_hash(payload: dict) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def _record_location(out: Location, index: int) -> Location:
-    return out.join(PROGRESS_DIR, f"unit-{index:05d}.json")
-
-
-def process_unit(stage: MapStage, source: StageInput, unit: WorkUnit, out: Location,
-                 schemas: tuple[pa.Schema, pa.Schema], storage: StorageConfig,
-                 generation: str) -> UnitRecord:
-    """Run one unit end to end and record it; on failure delete what it wrote."""
-    started = time.perf_counter()
-    options = {"prefix": f"part-{generation}-{unit.index:05d}",
-               "max_rows": storage.max_rows_per_shard,
-               "max_bytes": storage.max_bytes_per_shard, "checksum": storage.checksum}
-    kept_writer = ShardSetWriter(out, schemas[0], **options)
-    rejected_writer = ShardSetWriter(out.join(REJECTED_DIR), schemas[1], **options)
-    rows_in = rows_out = rows_rejected = 0
-    reasons: Counter[str] = Counter()
-    digest = xxhash.xxh3_128()
-    try:
-        for batch in source.read_unit(unit, stage.config.resources.batch_rows, digest):
-            split = stage.process(batch)
-            accounted = split.kept.num_rows + split.rejected.num_rows
-            if not stage.fan_out and accounted != batch.num_rows:
-                raise StageContractError(
-                    f"{stage.name} returned {split.kept.num_rows} kept + "
-                    f"{split.rejected.num_rows} rejected rows for a batch of {batch.num_rows}")
-            kept_writer.write(split.kept)
-            rejected_writer.write(split.rejected)
-            rows_in += batch.num_rows
-            rows_out += split.kept.num_rows
-            rows_rejected += split.rejected.num_rows
-            if split.rejected.num_rows:
-                reasons.update(split.rejected.column("reject_reason").to_pylist())
-        record = UnitRecord(
-            index=unit.index, kept=kept_writer.close(), rejected=rejected_writer.close(),
-            rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
-            reject_reasons=dict(reasons), input_digest=digest.hexdigest(),
-            worker=f"{socket.gethostname()}:{os.getpid()}", seconds=time.perf_counter() - started,
-            finished=datetime.now(UTC),
-        )
-    except BaseException:
-        kept_writer.abort()
-        rejected_writer.abort()
-        raise
-    write_bytes_atomic(_record_location(out, unit.index), record.model_dump_json().encode())
-    return record
+def _chain_resources(stages: Sequence[MapStage]) -> Resources:
+    """A worker runs every link, so it asks for the most any link needs."""
+    resources = [stage.config.resources for stage in stages]
+    widths = [r.concurrency for r in resources if r.concurrency is not None]
+    return Resources(num_cpus=max(r.num_cpus for r in resources),
+                     num_gpus=max(r.num_gpus for r in resources),
+                     concurrency=min(widths) if widths else None)
 
 
 class UnitWorker:
-    """A Ray actor: builds the stage once (models load here), then processes units."""
+    """A Ray actor: builds every stage once (models load here), then processes units."""
 
-    def __init__(self, stage_cls: type[MapStage], config: StageConfig, source: StageInput,
-                 out: Location, schemas: tuple[pa.Schema, pa.Schema],
-                 storage: StorageConfig, generation: str) -> None:
-        self.stage = stage_cls(config)
+    def __init__(self, links: list[Link], plan: ChainPlan, source: StageInput,
+                 out: Location, storage: StorageConfig, generation: str) -> None:
+        self.stages = [link.stage_cls(link.config) for link in links]
         self.setup_error: str | None = None
         try:
-            self.stage.setup()
+            for stage in self.stages:
+                stage.setup()
         except Exception as err:
-            self.setup_error = (f"{stage_cls.name} setup failed: {type(err).__name__}: {err}\n"
-                                + traceback.format_exc(limit=4))
+            self.setup_error = (f"{_chain_name(links)} setup failed: {type(err).__name__}: "
+                                f"{err}\n" + traceback.format_exc(limit=4))
+        self.plan = plan
         self.source = source
         self.out = out
-        self.schemas = schemas
         self.storage = storage
         self.generation = generation
 
@@ -219,7 +179,7 @@ class UnitWorker:
                 errors.append(self.setup_error)
                 continue
             try:
-                record = process_unit(self.stage, self.source, unit, self.out, self.schemas,
+                record = process_unit(self.stages, self.plan, self.source, unit, self.out,
                                       self.storage, self.generation)
                 records.append(record.model_dump_json())
                 errors.append(None)
@@ -231,13 +191,12 @@ class UnitWorker:
                          "error": pa.array(errors, pa.string())})
 
 
-def _pool_size(stage: MapStage, pending: int) -> int:
+def _pool_size(name: str, resources: Resources, pending: int) -> int:
     import ray
 
-    resources = stage.config.resources
     cluster = ray.cluster_resources()
     if resources.num_gpus > cluster.get("GPU", 0):
-        raise StageInputError(f"{stage.name} asks for {resources.num_gpus} GPU per worker; the "
+        raise StageInputError(f"{name} asks for {resources.num_gpus} GPU per worker; the "
                               f"Ray cluster has {cluster.get('GPU', 0)}: set "
                               "resources.num_gpus=0 or join a cluster with GPUs")
     if resources.concurrency is not None:
@@ -249,30 +208,29 @@ def _pool_size(stage: MapStage, pending: int) -> int:
     return max(1, min(fit, pending))
 
 
-def _execute(stage: MapStage, source: StageInput, pending: list[WorkUnit], out: Location,
-             schemas: tuple[pa.Schema, pa.Schema], runtime: RuntimeConfig, generation: str,
+def _execute(links: list[Link], resources: Resources, plan: ChainPlan, source: StageInput,
+             pending: list[WorkUnit], out: Location, runtime: RuntimeConfig, generation: str,
              progress: Progress | None):
     """Yield (record, error) per unit as workers finish them."""
     import ray.data
 
-    resources = stage.config.resources
+    name = _chain_name(links)
     items = [{"unit": u.model_dump_json()} for u in pending]
     units = ray.data.from_items(items, override_num_blocks=len(items))
     results = units.map_batches(
         UnitWorker,
-        fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
-                               "source": source, "out": out, "schemas": schemas,
+        fn_constructor_kwargs={"links": links, "plan": plan, "source": source, "out": out,
                                "storage": runtime.storage, "generation": generation},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=_pool_size(stage, len(pending))),
+        compute=ray.data.ActorPoolStrategy(size=_pool_size(name, resources, len(pending))),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus or None,
     )
     # A unit (one input shard) reports only when done, and a model stage may take hours on
     # one: Ray Data's no-progress watchdog (30 min by default) would fail healthy work.
     results.context.execution_no_progress_timeout_s = -1
-    task = progress.add_task(stage.name, total=len(pending)) if progress else None
+    task = progress.add_task(name, total=len(pending)) if progress else None
     for row in results.iter_rows():
         record = UnitRecord.model_validate_json(row["record"]) if row["record"] else None
         if progress:
@@ -291,34 +249,60 @@ def _committed(out: Location) -> Manifest | None:
         return None
 
 
-def _committed_files(out: Location, committed: Manifest | None) -> tuple[set[str], set[str]]:
-    """Shard files (kept, rejected) the committed dataset still needs."""
+def _sub_folders(manifest: Manifest) -> set[str]:
+    """The sub-datasets a committed chain output lists (its rejects, kept links)."""
+    folders = {REJECTED_DIR} if manifest.rejected else set()
+    for link in manifest.summary.get("links", []):
+        folders.update(f for f in (link.get("kept"), link.get("rejected")) if f)
+    return folders - {OUTPUT}
+
+
+def _committed_files(out: Location, committed: Manifest | None) -> dict[str, set[str]]:
+    """Shard files each folder of the committed output still needs."""
     if committed is None:
-        return set(), set()
-    rejected = out.join(REJECTED_DIR)
-    rejected_files = {s.file for s in load_manifest(rejected).shards} \
-        if is_committed(rejected) else set()
-    return {s.file for s in committed.shards}, rejected_files
+        return {}
+    files = {OUTPUT: {s.file for s in committed.shards}}
+    for folder in _sub_folders(committed):
+        if is_committed(out.join(folder)):
+            files[folder] = {s.file for s in load_manifest(out.join(folder)).shards}
+    return files
 
 
-def _start_or_resume(out: Location, key: str,
+def _location(out: Location, folder: str) -> Location:
+    return out.join(folder) if folder else out
+
+
+def _clear_unlisted(out: Location, folders: set[str], *listed: dict[str, set[str]]) -> None:
+    for folder in folders:
+        keep = set().union(*(files.get(folder, set()) for files in listed))
+        remove_unlisted_shards(_location(out, folder), keep)
+
+
+def _recorded_files(records: dict[int, UnitRecord]) -> dict[str, set[str]]:
+    files: dict[str, set[str]] = {}
+    for record in records.values():
+        for folder, shards in record.shards.items():
+            files.setdefault(folder, set()).update(s.file for s in shards)
+    return files
+
+
+def _start_or_resume(out: Location, key: str, plan: ChainPlan,
                      committed: Manifest | None) -> dict[int, UnitRecord]:
     """Recorded units of an interrupted run with the same key; stale work is cleared,
     the committed dataset (if any) is left untouched."""
-    plan = out.join(PROGRESS_DIR, PLAN_FILE)
+    plan_file = out.join(PROGRESS_DIR, PLAN_FILE)
     records: dict[int, UnitRecord] = {}
-    if plan.exists() and canonical_json(key) == read_bytes(plan).decode():
+    if plan_file.exists() and canonical_json(key) == read_bytes(plan_file).decode():
         records = _read_records(out)
     else:
         if committed is None:
             prepare_output(out, overwrite=False)
         else:
             remove_tree(out.join(PROGRESS_DIR))
-        write_bytes_atomic(plan, canonical_json(key).encode())
-    kept, rejected = _committed_files(out, committed)
-    remove_unlisted_shards(out, kept | {s.file for r in records.values() for s in r.kept})
-    remove_unlisted_shards(out.join(REJECTED_DIR),
-                           rejected | {s.file for r in records.values() for s in r.rejected})
+        write_bytes_atomic(plan_file, canonical_json(key).encode())
+    committed_files = _committed_files(out, committed)
+    _clear_unlisted(out, set(plan.folders) | set(committed_files), committed_files,
+                    _recorded_files(records))
     return records
 
 
@@ -349,20 +333,133 @@ def check_disjoint(out: Location, refs: list[InputRef]) -> None:
                                   "write to a separate folder")
 
 
-def _stats(records: list[UnitRecord], reused: int) -> StageStats:
+def _link_stats(records: list[UnitRecord], index: int, reused: int) -> StageStats:
+    counts = [record.links[index] for record in records]
     reasons: Counter[str] = Counter()
-    for record in records:
-        reasons.update(record.reject_reasons)
+    for count in counts:
+        reasons.update(count.reject_reasons)
     return StageStats(
-        rows_in=sum(r.rows_in for r in records),
-        rows_out=sum(r.rows_out for r in records),
-        rows_rejected=sum(r.rows_rejected for r in records),
-        reject_reasons=dict(reasons.most_common()),
-        units_total=len(records),
-        units_reused=reused,
-        units_per_worker=dict(Counter(r.worker for r in records)),
-        seconds=sum(r.seconds for r in records),
-    )
+        rows_in=sum(c.rows_in for c in counts), rows_out=sum(c.rows_out for c in counts),
+        rows_rejected=sum(c.rows_rejected for c in counts),
+        reject_reasons=dict(reasons.most_common()), units_total=len(records),
+        units_reused=reused, seconds=sum(r.seconds for r in records),
+        units_per_worker=dict(Counter(r.worker for r in records)))
+
+
+def _chain_stats(links: list[StageStats]) -> StageStats:
+    """The chain as one step: first link's rows in, last link's out, every link's rejects."""
+    reasons: Counter[str] = Counter()
+    for stats in links:
+        reasons.update(stats.reject_reasons)
+    first, last = links[0], links[-1]
+    return first.model_copy(update={
+        "rows_out": last.rows_out, "rows_rejected": sum(s.rows_rejected for s in links),
+        "reject_reasons": dict(reasons.most_common())})
+
+
+def _input_digest(records: list[UnitRecord]) -> str:
+    digest = xxhash.xxh3_128()
+    for record in records:
+        digest.update(record.input_digest.encode())
+    return digest.hexdigest()
+
+
+def run_chain(
+    links: Sequence[Link],
+    source: StageInput,
+    output: str,
+    runtime: RuntimeConfig | None = None,
+    *,
+    keep: Sequence[str] = (),
+    flow_run_id: str | None = None,
+) -> list[StageResult]:
+    """Run the chain over `source` into `output` in one pass per unit, reusing or resuming
+    earlier work; one result per link. `keep` names earlier links whose kept rows are
+    written too (`<output>/kept-<stage>`)."""
+    links = list(links)
+    runtime = runtime or RuntimeConfig()
+    wall = time.perf_counter()
+    stages = [link.stage_cls(link.config) for link in links]
+    plan = ChainPlan(stages, source.schema(), keep)
+    refs = source.refs()
+    name = _chain_name(links)
+    code = chain_code_version([link.stage_cls for link in links])
+    payload = _chain_payload(links, keep)
+    key = cache_key(name, payload, refs, code, runtime.storage)
+    out = resolve(output)
+    check_disjoint(out, refs)
+
+    committed = _committed(out)
+    if committed is not None and committed.lineage is not None \
+            and committed.lineage.cache_key == key:
+        remove_tree(out.join(PROGRESS_DIR))
+        return _results(committed, out, key, True, wall)
+
+    started = datetime.now(UTC)
+    records = _start_or_resume(out, key, plan, committed)
+    reused = len(records)
+    pending = [u for u in source.units() if u.index not in records]
+    failures: list[str] = []
+    if pending:
+        ensure_ray(runtime.ray)
+        with progress_bar(runtime.progress) as progress:
+            for record, error in _execute(links, _chain_resources(stages), plan, source,
+                                          pending, out, runtime, key[:GENERATION_CHARS],
+                                          progress):
+                if record is not None:
+                    records[record.index] = record
+                else:
+                    failures.append(error)
+    if failures:
+        raise StageFailedError(
+            f"{name}: {len(failures)} of {len(records) + len(failures)} units failed; "
+            f"the {len(records)} finished units are kept and a rerun resumes after them. "
+            f"First failure: {failures[0]}")
+
+    ordered = [records[i] for i in sorted(records)]
+    link_stats = [_link_stats(ordered, i, reused) for i in range(len(links))]
+    for stage, stats in zip(stages, link_stats, strict=True):
+        if not stage.fan_out and stats.rows_in != stats.rows_out + stats.rows_rejected:
+            raise StageContractError(f"{stage.name}: rows_in {stats.rows_in} != rows_out "
+                                     f"{stats.rows_out} + rows_rejected {stats.rows_rejected}")
+    lineage = Lineage(
+        stage=name,
+        config=links[0].config.model_dump(mode="json") if len(links) == 1 else
+        {link.stage_cls.name: link.config.model_dump(mode="json") for link in links},
+        config_hash=config_hash(payload), inputs=refs, code_version=code, cache_key=key,
+        input_digest=_input_digest(ordered), flow_run_id=flow_run_id, started=started,
+        finished=datetime.now(UTC))
+    shards = {folder: [s for r in ordered for s in r.shards.get(folder, [])]
+              for folder in plan.folders}
+    for folder in plan.folders:
+        if folder not in (OUTPUT, REJECTED_DIR):
+            commit_dataset(out.join(folder), plan.schemas[folder], shards[folder],
+                           lineage=lineage)
+    summary = {"links": [{"stage": stage.name, "kept": plan.kept[i],
+                          "rejected": plan.rejected[i],
+                          "stats": link_stats[i].model_dump(mode="json")}
+                         for i, stage in enumerate(stages)]}
+    committed_files = _committed_files(out, committed)
+    manifest = commit_dataset(out, plan.schemas[OUTPUT], shards[OUTPUT],
+                              rejected=(plan.schemas[REJECTED_DIR], shards[REJECTED_DIR]),
+                              lineage=lineage, stats=_chain_stats(link_stats), summary=summary)
+    new_files = {folder: {s.file for s in listed} for folder, listed in shards.items()}
+    _clear_unlisted(out, set(plan.folders), new_files)
+    for folder in set(committed_files) - set(plan.folders):
+        remove_tree(out.join(folder))
+    remove_tree(out.join(PROGRESS_DIR))
+    return _results(manifest, out, key, False, wall)
+
+
+def _results(manifest: Manifest, out: Location, key: str, reused: bool,
+             wall: float) -> list[StageResult]:
+    """One result per link, from what the committed manifest records."""
+    seconds = time.perf_counter() - wall
+    return [StageResult(
+        stage=link["stage"], reused=reused, cache_key=key, wall_seconds=seconds,
+        output=None if link["kept"] is None else _location(out, link["kept"]).uri(),
+        rejected=out.join(link["rejected"]).uri(), stats=StageStats(**link["stats"]))
+        for link in manifest.summary["links"]]
 
 
 def run_stage(
@@ -374,79 +471,9 @@ def run_stage(
     *,
     flow_run_id: str | None = None,
 ) -> StageResult:
-    """Run `stage_cls` over `source` into `output`, reusing or resuming earlier work."""
-    runtime = runtime or RuntimeConfig()
-    wall = time.perf_counter()
-    stage = stage_cls(config)
-    input_schema = source.schema()
-    stage.check_input(input_schema)
-    schemas = (stage.output_schema(input_schema), stage.rejected_schema(input_schema))
-    refs = source.refs()
-    code = stage_code_version(stage_cls)
-    payload = config.hash_payload()
-    key = cache_key(stage.name, payload, refs, code, runtime.storage)
-    out = resolve(output)
-    check_disjoint(out, refs)
-
-    committed = _committed(out)
-    if committed is not None and committed.lineage is not None \
-            and committed.lineage.cache_key == key:
-        remove_tree(out.join(PROGRESS_DIR))
-        return stage_result(stage.name, out, key, True, committed.stats or StageStats(), wall)
-
-    started = datetime.now(UTC)
-    records = _start_or_resume(out, key, committed)
-    reused = len(records)
-    pending = [u for u in source.units() if u.index not in records]
-    failures: list[str] = []
-    if pending:
-        ensure_ray(runtime.ray)
-        with progress_bar(runtime.progress) as progress:
-            for record, error in _execute(stage, source, pending, out, schemas, runtime,
-                                          key[:GENERATION_CHARS], progress):
-                if record is not None:
-                    records[record.index] = record
-                else:
-                    failures.append(error)
-    if failures:
-        raise StageFailedError(
-            f"{stage.name}: {len(failures)} of {len(records) + len(failures)} units failed; "
-            f"the {len(records)} finished units are kept and a rerun resumes after them. "
-            f"First failure: {failures[0]}")
-
-    ordered = [records[i] for i in sorted(records)]
-    stats = _stats(ordered, reused)
-    if not stage.fan_out and stats.rows_in != stats.rows_out + stats.rows_rejected:
-        raise StageContractError(f"{stage.name}: rows_in {stats.rows_in} != rows_out "
-                                 f"{stats.rows_out} + rows_rejected {stats.rows_rejected}")
-    lineage = Lineage(
-        stage=stage.name, config=config.model_dump(mode="json"),
-        config_hash=config_hash(payload),
-        inputs=refs, code_version=code, cache_key=key, input_digest=_input_digest(ordered),
-        flow_run_id=flow_run_id, started=started, finished=datetime.now(UTC),
-    )
-    kept = [s for r in ordered for s in r.kept]
-    rejected = [s for r in ordered for s in r.rejected]
-    commit_dataset(out, schemas[0], kept, rejected=(schemas[1], rejected), lineage=lineage,
-                   stats=stats)
-    remove_unlisted_shards(out, {s.file for s in kept})
-    remove_unlisted_shards(out.join(REJECTED_DIR), {s.file for s in rejected})
-    remove_tree(out.join(PROGRESS_DIR))
-    return stage_result(stage.name, out, key, False, stats, wall)
-
-
-def _input_digest(records: list[UnitRecord]) -> str:
-    digest = xxhash.xxh3_128()
-    for record in records:
-        digest.update(record.input_digest.encode())
-    return digest.hexdigest()
-
-
-def stage_result(stage: str, out: Location, key: str, reused: bool, stats: StageStats,
-                 wall: float) -> StageResult:
-    return StageResult(stage=stage, output=out.uri(), rejected=out.join(REJECTED_DIR).uri(),
-                       cache_key=key, reused=reused, stats=stats,
-                       wall_seconds=time.perf_counter() - wall)
+    """Run one stage (a chain of one link) over `source` into `output`."""
+    return run_chain([Link(stage_cls, config)], source, output, runtime,
+                     flow_run_id=flow_run_id)[0]
 
 
 def progress_bar(enabled: bool, unit: str = "units") -> Progress:

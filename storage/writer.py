@@ -205,8 +205,9 @@ def _is_gristmill_folder(out: Location, *, need_marker: bool = True) -> bool:
     """True for a folder a gristmill writer made (or an empty one): safe to clear.
 
     It must hold a manifest or a run's progress folder, and nothing but shards named like
-    ours, temp files of atomic writes, a rejected/ folder of the same kind, and committed
-    datasets of its own (a global step's parts, such as a partition's).
+    ours, temp files of atomic writes, rejected/ (and a chain's rejected-*/, kept-*/)
+    folders of the same kind, and committed datasets of its own (a global step's parts,
+    such as a partition's).
     """
     entries = out.fs.get_file_info(pafs.FileSelector(out.path))
     names = {entry.base_name for entry in entries}
@@ -217,12 +218,18 @@ def _is_gristmill_folder(out: Location, *, need_marker: bool = True) -> bool:
         if name in (MANIFEST_NAME, PROGRESS_DIR) or _SHARD_NAME.fullmatch(name) \
                 or _TEMP_NAME.fullmatch(name):
             continue
-        if name == REJECTED_DIR and _is_gristmill_folder(out.join(name), need_marker=False):
+        if _is_sub_dataset_name(name) and _is_gristmill_folder(out.join(name),
+                                                                need_marker=False):
             continue
         if entry.type == pafs.FileType.Directory and _holds_datasets(out.join(name)):
             continue
         return False
     return True
+
+
+def _is_sub_dataset_name(name: str) -> bool:
+    """rejected/, and a chain's rejected-<stage>/ and kept-<stage>/ (stages/chain.py)."""
+    return name == REJECTED_DIR or name.startswith(("rejected-", "kept-"))
 
 
 def _holds_datasets(folder: Location) -> bool:

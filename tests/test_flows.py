@@ -24,6 +24,7 @@ from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.loading.mixture import DomainSpec, MixtureConfig
 from gristmill.stages.base import StageInputError
 from gristmill.stages.text_filter import TextFilterConfig
+from gristmill.storage.manifest import StageStats
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
@@ -66,11 +67,13 @@ def test_curate_runs_each_stage_as_a_task_with_a_report_and_reuses_on_rerun(
         tmp_path: Path) -> None:
     params = small_curate(tmp_path, text_filter=TextFilterConfig(min_words=10))
     first = curate_flow(params, return_state=True)
-    ingested = Dataset.open(str(tmp_path / "run" / "ingest")).manifest.stats
     filtered = Dataset.open(str(tmp_path / "run" / "text_filter"))
+    ingested = StageStats(**filtered.manifest.summary["links"][0]["stats"])
+    assert not (tmp_path / "run" / "ingest").exists(), "ingest is fused, not written"
     assert (ingested.rows_in, ingested.rows_out) == (3, 2)
     assert ingested.reject_reasons == {"malformed_json": 1}
-    assert (filtered.manifest.stats.rows_out, filtered.manifest.stats.rows_rejected) == (1, 1)
+    chain = filtered.manifest.stats
+    assert (chain.rows_in, chain.rows_out, chain.rows_rejected) == (3, 1, 2)
     assert filtered.to_table().column("text").to_pylist() == [GOOD]
     assert filtered.manifest.lineage.flow_run_id == str(first.state_details.flow_run_id)
     final = Dataset.open(str(tmp_path / "run" / "final")).to_table()
@@ -87,13 +90,12 @@ def test_curate_runs_each_stage_as_a_task_with_a_report_and_reuses_on_rerun(
     assert "too_few_words" in reports["text-filter-report"]
     assert "| text_filter | 2 | 1 | 1 | too_few_words 1 |" in run_report[0].data
 
-    written = {step: Dataset.open(str(tmp_path / "run" / step)).manifest.created
-               for step in ("ingest", "text_filter")}
+    written = Dataset.open(str(tmp_path / "run" / "text_filter")).manifest.created
     second = curate_flow(params, return_state=True)
     states = task_states(second.state_details.flow_run_id)
-    assert (states["ingest"], states["text_filter"]) == ("Completed", "Completed")
-    assert written == {step: Dataset.open(str(tmp_path / "run" / step)).manifest.created
-                       for step in ("ingest", "text_filter")}, "reused, not written again"
+    assert states["ingest+text_filter"] == "Completed"
+    assert Dataset.open(str(tmp_path / "run" / "text_filter")).manifest.created == written, \
+        "reused, not written again"
     with get_client(sync_client=True) as client:
         latest = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["text-filter-report"])))
@@ -103,13 +105,14 @@ def test_curate_runs_each_stage_as_a_task_with_a_report_and_reuses_on_rerun(
 def test_a_deleted_output_is_recomputed_not_served_from_the_cache(tmp_path: Path) -> None:
     params = small_curate(tmp_path, text_filter=TextFilterConfig(min_words=10))
     curate_flow(params)
-    ingested = Dataset.open(str(tmp_path / "run" / "ingest")).manifest.created
+    domains = Dataset.open(str(tmp_path / "run" / "domains")).manifest.created
     shutil.rmtree(tmp_path / "run" / "text_filter")
     again = curate_flow(params, return_state=True)
     states = task_states(again.state_details.flow_run_id)
-    assert (states["ingest"], states["text_filter"]) == ("Completed", "Completed")
-    assert Dataset.open(str(tmp_path / "run" / "ingest")).manifest.created == ingested
+    assert states["ingest+text_filter"] == "Completed"
     assert Dataset.open(str(tmp_path / "run" / "text_filter")).num_rows == 1
+    assert Dataset.open(str(tmp_path / "run" / "domains")).manifest.created == domains, \
+        "the same rows again: the next step is reused"
 
 
 def test_curate_says_so_when_nothing_survives_to_mix(tmp_path: Path) -> None:
