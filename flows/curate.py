@@ -58,9 +58,12 @@ class CaptionsStep(FrozenModel):
 
 
 class MixStep(FrozenModel):
-    """How the curated rows are split into domains and mixed into the final shards."""
+    """How the curated rows are split into domains and mixed into the final output."""
 
     domain_column: str = Field(default="source", description="One domain per value")
+    materialize: bool = Field(
+        default=False, description="final/ holds every drawn row (plain shards) instead of "
+                                   "the sample index that MixtureIndexStream reads")
     schedule: Schedule = Field(default_factory=CooldownSchedule,
                                description="Temperature over training (default: Cooldown)")
     total_steps: int = Field(default=1000, ge=1)
@@ -192,8 +195,9 @@ def curate_flow(params: CurateParams) -> list[StageResult | StepResult]:
         schedule=params.mix.schedule, total_steps=params.mix.total_steps,
         batch_size=params.mix.batch_size, seed=params.mix.seed)
     mixed = mix_flow(MixParams(mixture=mixture, output=params.path("final"),
+                               materialize=params.mix.materialize,
                                plot=str(plots / "mixture.png"), runtime=params.runtime))
-    funnel.append(_funnel("mix (final shards)", mixed))
+    funnel.append(_funnel("mix (final)", mixed))
     results.append(mixed)
     progress.step()
     if params.datastore is not None:
@@ -207,7 +211,9 @@ def curate_flow(params: CurateParams) -> list[StageResult | StepResult]:
     for row in funnel:
         print(f"{row.step}: {row.rows_in:,} in, {row.rows_out:,} out, "
               f"{row.rows_rejected:,} rejected -> {row.output}")
-    print(f"Final shards: {mixed.output}  (gristmill inspect {mixed.output})")
+    reader = "plain shards" if params.mix.materialize else \
+        "sample index: read with gristmill.loading.mixture_index.MixtureIndexStream"
+    print(f"Final: {mixed.output} ({reader}; gristmill inspect {mixed.output})")
     if params.datastore is not None:
         print(f"Query the datastore: gristmill datastore query {params.path('datastore')} "
               "\"your question\"")

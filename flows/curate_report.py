@@ -54,7 +54,7 @@ def run_report(funnel: list[FunnelRow], domains: dict[str, str], final: str,
     lines = ["# curate", "", "## Funnel", "", *funnel_table(funnel), "",
              "## Domains mixed", "", "| domain | rows |", "|---|---:|"]
     lines += [f"| {name} | {Dataset.open(uri).num_rows:,} |" for name, uri in domains.items()]
-    lines += ["", "## Final shards", "", *final_summary(final), ""]
+    lines += ["", "## Final output", "", *final_summary(final), ""]
     for png in sorted(plots.glob("*.png")):
         lines += [f"## {png.stem.replace('_', ' ')}", "", markdown_image(png.read_bytes(),
                                                                           png.stem), ""]

@@ -1,4 +1,5 @@
-"""Flow: several domain datasets -> one dataset of mixture samples in training order."""
+"""Flow: several domain datasets -> a stored mixture: a sample index (read back with
+MixtureIndexStream), or with `materialize` the samples themselves in training order."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from gristmill.flows.plots import markdown_image, mixture_probabilities_png
 from gristmill.flows.stage_task import run_step_task
 from gristmill.loading.mixture import MixtureConfig, MixturePlan, MixtureStream
 from gristmill.stages.global_step import StepResult
-from gristmill.stages.mix import Mix, domain_uris
+from gristmill.stages.mix import Mix, MixShards, domain_uris
 from gristmill.storage.fs import resolve, write_bytes_atomic
 
 
 class MixParams(FrozenModel):
     mixture: MixtureConfig
     output: str = ".gristmill/mix"
+    materialize: bool = Field(
+        default=False, description="Write every drawn row (plain shards, one copy per draw) "
+                                   "instead of the sample index")
     plot: str | None = Field(default=None,
                              description="Also save the probability plot here (PNG)")
     runtime: RuntimeConfig = RuntimeConfig()
@@ -40,8 +44,8 @@ def mixture_report(mixture: MixtureConfig, plan: MixturePlan, result: StepResult
 
 @flow(name="mix", log_prints=True)
 def mix_flow(params: MixParams) -> StepResult:
-    result = run_step_task(Mix(params.mixture), domain_uris(params.mixture), params.output,
-                           params.runtime)
+    step = (MixShards if params.materialize else Mix)(params.mixture)
+    result = run_step_task(step, domain_uris(params.mixture), params.output, params.runtime)
     plan = MixtureStream(params.mixture).plan
     png = mixture_probabilities_png(plan, [d.name for d in params.mixture.domains])
     if params.plot:

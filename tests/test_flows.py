@@ -22,6 +22,7 @@ from gristmill.config import RuntimeConfig
 from gristmill.flows.curate import CurateParams, MixStep, curate_flow
 from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.loading.mixture import DomainSpec, MixtureConfig
+from gristmill.loading.mixture_index import MixtureIndexStream
 from gristmill.stages.base import StageInputError
 from gristmill.stages.text_filter import TextFilterConfig
 from gristmill.storage.manifest import StageStats
@@ -76,8 +77,11 @@ def test_curate_runs_each_stage_as_a_task_with_a_report_and_reuses_on_rerun(
     assert (chain.rows_in, chain.rows_out, chain.rows_rejected) == (3, 1, 2)
     assert filtered.to_table().column("text").to_pylist() == [GOOD]
     assert filtered.manifest.lineage.flow_run_id == str(first.state_details.flow_run_id)
-    final = Dataset.open(str(tmp_path / "run" / "final")).to_table()
-    assert set(final.column("text").to_pylist()) == {GOOD} and final.num_rows == 3 * 2
+    index = Dataset.open(str(tmp_path / "run" / "final"))
+    samples = pa.Table.from_batches(list(MixtureIndexStream(index.uri)))
+    assert index.num_rows == samples.num_rows == 3 * 2
+    assert set(samples.column("text").to_pylist()) == {GOOD}
+    assert "text" not in index.schema.names, "an index, not copies of the rows"
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

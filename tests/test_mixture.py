@@ -10,19 +10,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gristmill.config import RuntimeConfig
+from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.flows.plots import mixture_probabilities_png
 from gristmill.loading.mixture import (
+    INDEX_SCHEMA,
     DomainSpec,
     MixtureConfig,
     MixtureError,
     MixturePlan,
     MixtureStream,
 )
+from gristmill.loading.mixture_index import MixtureIndexStream
 from gristmill.scoring.temperature import ConstantSchedule, CooldownSchedule, temperature_probs
 from gristmill.stages.base import StageInputError
 from gristmill.stages.global_step import StepResult, run_global_step
-from gristmill.stages.mix import Mix, domain_uris
+from gristmill.stages.mix import Mix, MixShards, domain_uris
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
@@ -156,28 +158,62 @@ def test_bad_mixtures_are_clear_errors(tmp_path: Path, domains: list[DomainSpec]
         MixtureStream(MixtureConfig(domains=domains, size_by="tokens"))
 
 
-def test_mix_step_materializes_the_plan_and_is_reused(tmp_path: Path,
-                                                     domains: list[DomainSpec]) -> None:
+def test_mix_step_stores_an_index_that_streams_the_plans_batches_and_is_reused(
+        tmp_path: Path, domains: list[DomainSpec]) -> None:
     config = MixtureConfig(domains=domains, total_steps=20, batch_size=16)
     out = str(tmp_path / "mixed")
-    quiet = RuntimeConfig(progress=False)
+    quiet = RuntimeConfig(progress=False, storage=StorageConfig(max_rows_per_shard=50))
 
     def mix(mixture: MixtureConfig) -> StepResult:
         return run_global_step(Mix(mixture), domain_uris(mixture), out, quiet)
 
     first = mix(config)
-    table = Dataset.open(out, verify=True).to_table()
-    assert table.num_rows == first.stats.rows_out == 20 * 16
-    assert table.column("step").to_pylist() == [s for s in range(20) for _ in range(16)]
-    streamed = [i for b in MixtureStream(config) for i in b.column("id").to_pylist()]
-    assert table.column("id").to_pylist() == streamed
+    index = Dataset.open(out, verify=True)
+    assert index.schema.equals(INDEX_SCHEMA) and len(index.shards) > 1
+    assert index.num_rows == first.stats.rows_out == 20 * 16
+    assert index.to_table().column("step").to_pylist() == [s for s in range(20) for _ in range(16)]
+    stored = [b.to_pylist() for b in MixtureIndexStream(out)]
+    assert stored == [b.to_pylist() for b in MixtureStream(config)]
     drawn = first.summary["samples_per_domain"]
     assert list(drawn) == [d.name for d in domains] and sum(drawn.values()) == 20 * 16
-    assert drawn == {d.name: table.column("domain").to_pylist().count(d.name) for d in domains}
     assert (first.summary["steps"], first.stats.rows_in) == (20, sum(SIZES))
     again = mix(config)
     assert again.reused and again.ref == first.ref and again.summary == first.summary
     assert not mix(config.model_copy(update={"seed": 1})).reused
+
+
+def test_a_stored_index_resumes_splits_over_workers_and_refuses_a_changed_domain(
+        tmp_path: Path, domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=8, batch_size=8)
+    out = str(tmp_path / "mixed")
+    run_global_step(Mix(config), domain_uris(config), out, RuntimeConfig(progress=False))
+    whole = [b.column("id").to_pylist() for b in MixtureIndexStream(out)]
+    stream = MixtureIndexStream(out)
+    for _ in zip(range(3), stream, strict=False):
+        pass
+    state = stream.state_dict()
+    resumed = MixtureIndexStream(out)
+    resumed.load_state_dict(state)
+    assert [b.column("id").to_pylist() for b in resumed] == whole[3:]
+    loader = DataLoader(MixtureIndexStream(out), batch_size=None, num_workers=2)
+    assert [b.column("id").to_pylist() for b in loader] == whole
+    write_table(domains[1].uri, pa.table({"id": ["new"], "text": ["other rows"]}),
+                overwrite=True)
+    with pytest.raises(MixtureError, match=r"domain 'd1' .* run the mix step again"):
+        MixtureIndexStream(out)
+
+
+def test_mix_shards_writes_the_samples_themselves(tmp_path: Path,
+                                                  domains: list[DomainSpec]) -> None:
+    config = MixtureConfig(domains=domains, total_steps=5, batch_size=8)
+    out = str(tmp_path / "rows")
+    result = run_global_step(MixShards(config), domain_uris(config), out,
+                             RuntimeConfig(progress=False))
+    table = Dataset.open(out, verify=True).to_table()
+    assert table.to_pylist() == [r for b in MixtureStream(config) for r in b.to_pylist()]
+    assert result.summary["samples"] == 40
+    with pytest.raises(MixtureError, match="not a stored mixture index"):
+        MixtureIndexStream(out)
 
 
 def test_mix_step_refuses_inputs_that_are_not_its_domains(tmp_path: Path,

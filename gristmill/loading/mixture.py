@@ -12,7 +12,7 @@ or leaves the mixture ("stop"). Every sample is tagged with its `domain`, and wi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,11 @@ from gristmill.storage.writer import conform
 
 MIXTURE_COLUMNS = (pa.field("domain", pa.string()), pa.field("domain_epoch", pa.int32()),
                    pa.field("loss_weight", pa.float32()), pa.field("step", pa.int64()))
+INDEX_SCHEMA = pa.schema([pa.field("step", pa.int64()), pa.field("domain", pa.string()),
+                          pa.field("domain_epoch", pa.int32()),
+                          pa.field("loss_weight", pa.float32()),
+                          pa.field("shard", pa.int32()), pa.field("row", pa.int64())])
+"""A stored mixture: one row per sample, naming the domain dataset's shard and row."""
 
 
 class MixtureError(ValueError):
@@ -95,17 +100,33 @@ class _Domain:
                                                seed=self.seed, epoch=epoch)}
         return self._orders[epoch]
 
-    def take(self, start: int, count: int) -> pa.Table:
-        """Rows at absolute positions [start, start + count), across epoch boundaries."""
-        pieces = []
+    def locate(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of the rows at absolute positions [start, start + count), across
+        epoch boundaries."""
+        shards, rows = [], []
         position, end = start, start + count
         while position < end:
             epoch, offset = divmod(position, self.rows)
             stop = min(end - position, self.rows - offset) + offset
-            for shard, rows in self.order(epoch).locate(offset, stop):
-                pieces.append(self.cache.get(shard).take(pa.array(rows)))
+            for shard, found in self.order(epoch).locate(offset, stop):
+                shards.append(np.full(len(found), shard, np.int32))
+                rows.append(np.asarray(found, np.int64))
             position += stop - offset
-        return pa.concat_tables(pieces)
+        return np.concatenate(shards), np.concatenate(rows)
+
+    def take(self, start: int, count: int) -> pa.Table:
+        """Rows at absolute positions [start, start + count)."""
+        return gather(self.cache, *self.locate(start, count))
+
+
+def gather(cache: ShardCache, shards: np.ndarray, rows: np.ndarray) -> pa.Table:
+    """The rows (shards[i], rows[i]) of a dataset, in that order: one take per shard."""
+    pieces, slots = [], []
+    for shard in np.unique(shards):
+        where = np.flatnonzero(shards == shard)
+        pieces.append(cache.get(int(shard)).take(pa.array(rows[where])))
+        slots.append(where)
+    return pa.concat_tables(pieces).take(pa.array(np.argsort(np.concatenate(slots))))
 
 
 def _domain_size(dataset: Dataset, size_by: str) -> float:
@@ -234,24 +255,73 @@ class MixtureStream(IterableDataset):
 
     def _batch(self, step: int, domains: list[_Domain], labels: np.ndarray,
                consumed: np.ndarray) -> pa.RecordBatch:
+        slots = self._slots(step, domains, labels, consumed)
+        pieces = []
+        for index in np.unique(slots.domain):
+            where = np.flatnonzero(slots.domain == index)
+            rows = gather(domains[index].cache, slots.shard[where], slots.row[where])
+            pieces.append((where, conform(rows, self.schema)))
+        order = np.argsort(np.concatenate([where for where, _ in pieces]))
+        table = pa.concat_tables([rows for _, rows in pieces]).take(pa.array(order))
+        return with_mixture_columns(table, slots, [d.name for d in domains])
+
+    def iter_index(self) -> Iterator[pa.RecordBatch]:
+        """Each step's samples as (step, domain, epoch, weight, shard, row): where the rows
+        are, not the rows, so a mixture is stored in a few bytes a sample."""
+        domains = [_Domain(spec, self.config.seed * 1009 + i, self.columns)
+                   for i, spec in enumerate(self.config.domains)]
+        names = np.array([d.name for d in domains], dtype=object)
+        consumed = np.zeros(len(domains), dtype=np.int64)
+        for step in range(self.config.total_steps):
+            drawn = self.plan.draw(step, consumed)
+            if drawn is None:
+                return
+            labels, counts = drawn
+            slots = self._slots(step, domains, labels, consumed)
+            yield pa.record_batch([
+                pa.array(np.full(len(slots.domain), step), pa.int64()),
+                pa.array(names[slots.domain], pa.string()),
+                pa.array(slots.epoch, pa.int32()), pa.array(slots.weight, pa.float32()),
+                pa.array(slots.shard, pa.int32()), pa.array(slots.row, pa.int64())],
+                schema=INDEX_SCHEMA)
+            consumed += counts
+
+    def _slots(self, step: int, domains: list[_Domain], labels: np.ndarray,
+               consumed: np.ndarray) -> Slots:
+        """This rank's samples of `step`, in batch order: domain, epoch, weight, and
+        where each row is."""
         first = self.rank * self.config.batch_size
         mine = labels[first:first + self.config.batch_size]
         before = np.bincount(labels[:first], minlength=len(domains))
-        pieces, slots, epochs = [], [], []
+        shard = np.zeros(len(mine), np.int32)
+        row = np.zeros(len(mine), np.int64)
+        epoch = np.zeros(len(mine), np.int32)
         for index in np.unique(mine):
             where = np.flatnonzero(mine == index)
             start = int(consumed[index] + before[index])
-            pieces.append(conform(domains[index].take(start, len(where)), self.schema))
-            slots.append(where)
-            epochs.append((start + np.arange(len(where))) // domains[index].rows)
-        order = np.argsort(np.concatenate(slots))
-        table = pa.concat_tables(pieces).take(pa.array(order))
-        names = np.array([d.name for d in domains], dtype=object)[mine]
-        columns = (names, np.concatenate(epochs)[order],
-                   self.plan.weights(step)[mine], np.full(len(mine), step))
-        for field, values in zip(MIXTURE_COLUMNS, columns, strict=True):
-            table = table.append_column(field, pa.array(values, field.type))
-        return table.combine_chunks().to_batches()[0]
+            shard[where], row[where] = domains[index].locate(start, len(where))
+            epoch[where] = (start + np.arange(len(where))) // domains[index].rows
+        return Slots(step, mine, epoch, self.plan.weights(step)[mine], shard, row)
+
+
+class Slots(NamedTuple):
+    """One step's samples for one rank, in batch order."""
+
+    step: int
+    domain: np.ndarray
+    epoch: np.ndarray
+    weight: np.ndarray
+    shard: np.ndarray
+    row: np.ndarray
+
+
+def with_mixture_columns(table: pa.Table, slots: Slots, names: list[str]) -> pa.RecordBatch:
+    """Rows in batch order, tagged with their domain, epoch, loss weight and step."""
+    columns = (np.array(names, dtype=object)[slots.domain], slots.epoch, slots.weight,
+               np.full(len(slots.domain), slots.step))
+    for field, values in zip(MIXTURE_COLUMNS, columns, strict=True):
+        table = table.append_column(field, pa.array(values, field.type))
+    return table.combine_chunks().to_batches()[0]
 
 
 def _common_columns(config: MixtureConfig, datasets: list[Dataset]) -> list[str]:
