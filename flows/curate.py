@@ -1,8 +1,8 @@
 """Flow: raw sources -> training-ready shards, every method in order, each step resumable.
 
-ingest + text_filter (fused: one pass, only the filtered rows and both stages' rejects are
-written) -> quality pool for the budget -> prune + dedup -> one dataset per domain ->
-temperature-scheduled mixture (the final shards), with two optional branches:
+ingest + text_filter + quality scoring (fused: one pass that writes only the scored rows and
+each stage's rejects) -> quality pool for the budget -> prune + dedup -> one dataset per
+domain -> temperature-scheduled mixture (a sample index), with two optional branches:
 image-text sources through caption fusion, and a retrieval datastore over the curated text.
 Every step is a cached Prefect task or sub-flow whose output is committed atomically, so a
 failed or killed run started again picks up at the first unfinished step.
@@ -28,7 +28,12 @@ from gristmill.flows.curate_report import FunnelRow, run_report
 from gristmill.flows.fuse_captions import FuseCaptionsParams, fuse_captions_flow
 from gristmill.flows.mix import MixParams, mix_flow
 from gristmill.flows.prune import PruneParams, prune_flow
-from gristmill.flows.quality_filter import QualityFilterParams, quality_filter_flow
+from gristmill.flows.quality_filter import (
+    QualityFilterParams,
+    cut_and_select,
+    quality_filter_flow,
+    score_config,
+)
 from gristmill.flows.stage_task import run_chain_task, run_stage_task, run_step_task
 from gristmill.inference import GeneratorConfig
 from gristmill.loading.mixture import DomainSpec, MixtureConfig
@@ -39,9 +44,11 @@ from gristmill.stages.chain import Link
 from gristmill.stages.global_step import StepResult
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.partition import Partition, PartitionConfig, read_parts
+from gristmill.stages.quality_score import QualityScore
 from gristmill.stages.raw_inputs import DEFAULT_UNIT_BYTES, RawFilesInput
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
+from gristmill.storage.fs import resolve
 
 
 class CaptionsStep(FrozenModel):
@@ -81,11 +88,12 @@ class CurateParams(FrozenModel):
                                         "of about this size, one unit of work each")
     work_dir: str = Field(default=".gristmill/curate",
                           description="Each step writes its own folder under this one")
-    keep: list[Literal["ingest"]] = Field(
+    keep: list[Literal["ingest", "text_filter"]] = Field(
         default_factory=list,
-        description="ingest and text_filter run fused in one pass into text_filter/ (ingest's "
-                    "rejects in text_filter/rejected-ingest/); ['ingest'] also writes the "
-                    "ingested rows to text_filter/kept-ingest/")
+        description="ingest, text_filter and quality scoring run fused in one pass into "
+                    "text_filter/ (earlier stages' rejects in text_filter/rejected-<stage>/); "
+                    "naming a stage here also writes its kept rows to "
+                    "text_filter/kept-<stage>/")
     ingest: IngestConfig = IngestConfig()
     text_filter: TextFilterConfig = TextFilterConfig()
     captions: CaptionsStep = CaptionsStep()
@@ -128,25 +136,41 @@ def _funnel(step: str, result: StageResult | StepResult) -> FunnelRow:
                      output=result.output, reused=result.reused)
 
 
+def _fuses_scoring(params: CurateParams) -> bool:
+    """Quality scoring joins the ingest + text_filter pass unless its classifier must first
+    learn from that pass's own output."""
+    quality = params.quality
+    if quality is None or quality.reference is None:
+        return quality is not None
+    return resolve(quality.reference.uri).uri() != resolve(params.path("text_filter")).uri()
+
+
 def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow],
                 plots: Path) -> str:
-    """ingest -> text_filter -> quality -> prune; returns the curated dataset's URI."""
+    """ingest + text_filter (+ quality scoring) in one pass -> quality pool -> prune; returns
+    the curated dataset's URI."""
     runtime = params.runtime
     raw = RawFilesInput.from_args(params.sources, max_records=params.max_records,
                                   unit_bytes=params.unit_bytes)
-    ingested, filtered = run_chain_task(
-        [Link(Ingest, params.ingest), Link(TextFilter, params.text_filter)], raw,
-        params.path("text_filter"), runtime, params.keep)
-    funnel.append(_funnel("ingest", ingested))
-    progress.step()
-    funnel.append(_funnel("text_filter", filtered))
-    progress.step()
-    current = filtered.output
+    links = [Link(Ingest, params.ingest), Link(TextFilter, params.text_filter)]
+    quality, classifier = None, None
     if params.quality is not None:
-        quality = params.quality.with_(input=current, work_dir=params.path("quality"),
+        quality = params.quality.with_(work_dir=params.path("quality"),
                                        plot=str(plots / "quality_pools.png"), runtime=runtime)
-        scored, selected = quality_filter_flow(quality)
-        funnel.append(_funnel("quality: score", scored))
+    if quality is not None and _fuses_scoring(params):
+        scoring, classifier = score_config(quality)
+        links.append(Link(QualityScore, scoring))
+    results = run_chain_task(links, raw, params.path("text_filter"), runtime, params.keep)
+    for step, result in zip(("ingest", "text_filter", "quality: score"), results, strict=False):
+        funnel.append(_funnel(step, result))
+    progress.step()
+    current = results[-1].output
+    if quality is not None:
+        if len(results) == 3:
+            selected = cut_and_select(quality.with_(input=current), results[-1], classifier)
+        else:
+            scored, selected = quality_filter_flow(quality.with_(input=current))
+            funnel.append(_funnel("quality: score", scored))
         funnel.append(_funnel("quality: select pool", selected))
         current = selected.output
     progress.step()
@@ -165,7 +189,7 @@ def curate_flow(params: CurateParams) -> list[StageResult | StepResult]:
     """Raw sources to training-ready mixture shards (and fused captions, and a datastore)."""
     plots = Path(params.path("plots"))
     plots.mkdir(parents=True, exist_ok=True)
-    progress = Progress(steps=7 + params.captions.enabled + (params.datastore is not None))
+    progress = Progress(steps=6 + params.captions.enabled + (params.datastore is not None))
     funnel: list[FunnelRow] = []
     results: list[StageResult | StepResult] = []
     if params.captions.enabled:

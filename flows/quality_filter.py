@@ -77,18 +77,20 @@ def cut_config(params: QualityFilterParams) -> QualityCutConfig:
         law=params.law, budget=params.budget, unit=params.budget_unit)
 
 
-@flow(name="quality_filter", log_prints=True)
-def quality_filter_flow(params: QualityFilterParams) -> list[StageResult]:
-    verify = params.runtime.storage.verify_inputs
-    classifier = None
-    scorer = params.scorer
+def score_config(params: QualityFilterParams) -> tuple[QualityScoreConfig,
+                                                     ClassifierReport | None]:
+    """The scoring stage's config, after training the reference classifier if one is asked
+    for (so a caller can also fuse scoring into a chain of its own)."""
+    scorer, classifier = params.scorer, None
     if params.reference is not None:
         scorer, classifier = train_classifier_task(params)
         print(f"reference classifier: held-out ROC AUC {classifier.holdout_auc}")
-    scored = run_stage_task(
-        QualityScore, QualityScoreConfig(scorer=scorer, score_column=params.score_column),
-        DatasetInput(params.input, verify=verify), posixpath.join(params.work_dir, "scored"),
-        params.runtime)
+    return QualityScoreConfig(scorer=scorer, score_column=params.score_column), classifier
+
+
+def cut_and_select(params: QualityFilterParams, scored: StageResult,
+                   classifier: ClassifierReport | None) -> StageResult:
+    """Cut the scored rows into buckets, let the law pick the pool, select it, report."""
     cut = run_step_task(QualityCut(cut_config(params)), [scored.output],
                         posixpath.join(params.work_dir, "cuts"), params.runtime)
     decision = PoolDecision.model_validate(cut.summary)
@@ -96,8 +98,8 @@ def quality_filter_flow(params: QualityFilterParams) -> list[StageResult]:
           f"{len(decision.bucket_sizes)} buckets ({decision.law_source})")
     selected = run_stage_task(
         QualitySelect, QualitySelectConfig(score_column=params.score_column, cuts=cut.ref),
-        DatasetInput(scored.output, verify=verify), posixpath.join(params.work_dir, "selected"),
-        params.runtime)
+        DatasetInput(scored.output, verify=params.runtime.storage.verify_inputs),
+        posixpath.join(params.work_dir, "selected"), params.runtime)
     png = pools_png(decision, params.bucket_fractions)
     if params.plot:
         write_bytes_atomic(resolve(params.plot), png)
@@ -105,4 +107,14 @@ def quality_filter_flow(params: QualityFilterParams) -> list[StageResult]:
                                              classifier, png),
                              key="quality-filter-report",
                              description="quality pool chosen by the scaling law")
-    return [scored, selected]
+    return selected
+
+
+@flow(name="quality_filter", log_prints=True)
+def quality_filter_flow(params: QualityFilterParams) -> list[StageResult]:
+    config, classifier = score_config(params)
+    scored = run_stage_task(
+        QualityScore, config,
+        DatasetInput(params.input, verify=params.runtime.storage.verify_inputs),
+        posixpath.join(params.work_dir, "scored"), params.runtime)
+    return [scored, cut_and_select(params, scored, classifier)]
