@@ -66,7 +66,7 @@ def stage_report(result: StageResult) -> str:
                         if c in dataset.schema.names]
         lines += ["", "## Sample kept rows", "", *_sample_table(dataset, text_columns)]
     if result.rejected is not None:
-        columns = ["reject_reason", "reject_detail", "text", "locator"]
+        columns = ["reject_reason", "reject_detail", "id", "text", "locator"]
         lines += ["", "## Sample rejected rows", "",
                   *_sample_table(Dataset.open(result.rejected), columns)]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,13 @@ class StorageConfig(FrozenModel):
         description="Shard checksum: xxh3_128 (fast, detects corruption) or sha256")
     verify_inputs: bool = Field(
         default=False, description="Check every input shard's checksum before a stage reads it")
+    rejected_rows: Literal["full", "ids"] = Field(
+        default="full",
+        description="full: a dropped row is written whole to rejected/. ids: a stage that "
+                    "reads a committed dataset writes only its id and why, since the row stays "
+                    "in that input (pinned by content in the lineage): a selection then copies "
+                    "nothing it drops. gristmill.stages.rejected.rejected_rows reads them "
+                    "back whole")
 
 
 class RuntimeConfig(FrozenModel):

@@ -4,7 +4,9 @@ Only what is asked for is written. Under the chain's output folder, the last lin
 rows are the output itself and its rejects go to `rejected/`, exactly as for a single stage
 (a chain of one link); an earlier link's rejects go to `rejected-<stage>/`, and its kept
 rows to `kept-<stage>/` only when the caller asks to keep them. Each is a dataset of its
-own with its stage's schema, so no row is lost and every reject says why and where.
+own with its stage's schema, so no row is lost and every reject says why and where. With
+`storage.rejected_rows: ids`, the first link over a committed dataset records its rejects
+by id alone: the rows stay in that input.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class ChainPlan:
     """Where each link's kept and rejected rows go, and their schemas, checked up front."""
 
     def __init__(self, stages: Sequence[MapStage], input_schema: pa.Schema,
-                 keep: Sequence[str] = ()) -> None:
+                 keep: Sequence[str] = (), *, first_rejects_by_id: bool = False) -> None:
         names = [stage.name for stage in stages]
         if not stages or len(set(names)) != len(names):
             raise StageInputError(f"a chain needs one or more distinct stages, got {names}")
@@ -89,6 +91,7 @@ class ChainPlan:
         if unknown:
             raise StageInputError(f"keep names {sorted(unknown)}, which are not earlier "
                                   f"stages of the chain {names}")
+        self.rejects_by_id = first_rejects_by_id
         self.kept: list[str | None] = []
         self.rejected: list[str] = []
         self.schemas: dict[str, pa.Schema] = {}
@@ -100,6 +103,8 @@ class ChainPlan:
             rejected = REJECTED_DIR if last else f"rejected-{stage.name}"
             output_schema = stage.output_schema(schema)
             self.schemas[rejected] = stage.rejected_schema(schema)
+            if index == 0 and first_rejects_by_id:
+                self.schemas[rejected] = _ids_only(stage, schema)
             if kept is not None:
                 self.schemas[kept] = output_schema
             self.kept.append(kept)
@@ -109,6 +114,20 @@ class ChainPlan:
     @property
     def folders(self) -> list[str]:
         return list(self.schemas)
+
+
+BY_ID = {b"gristmill.rejects": b"by_id"}
+"""Schema metadata of a rejected dataset written by reference (stages/rejected.py)."""
+
+
+def _ids_only(stage: MapStage, schema: pa.Schema) -> pa.Schema:
+    """Rejects by reference: the id, what the stage found (its own columns, such as a score
+    or `duplicate_of`) and why; the input's columns stay in the input."""
+    if "id" not in schema.names:
+        raise StageInputError(f"{stage.name}: storage.rejected_rows 'ids' needs an 'id' "
+                              f"column in the input (columns: {schema.names})")
+    found = [f for f in stage.rejected_schema(schema) if f.name not in schema.names]
+    return pa.schema([schema.field("id"), *found], metadata=BY_ID)
 
 
 def _through(stage: MapStage, table: pa.Table) -> Split:
@@ -154,7 +173,10 @@ def process_unit(stages: Sequence[MapStage], plan: ChainPlan, source: StageInput
                     break
                 split = _through(stage, current)
                 counts[index].add(current.num_rows, split)
-                writers[plan.rejected[index]].write(split.rejected)
+                rejects = split.rejected
+                if index == 0 and plan.rejects_by_id:
+                    rejects = rejects.select(plan.schemas[plan.rejected[0]].names)
+                writers[plan.rejected[index]].write(rejects)
                 kept = plan.kept[index]
                 if kept is not None:
                     writers[kept].write(split.kept)

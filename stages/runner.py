@@ -38,6 +38,7 @@ from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.runtime import ensure_ray
 from gristmill.stages import chain as chain_module
 from gristmill.stages.base import (
+    DatasetInput,
     MapStage,
     Resources,
     StageConfig,
@@ -380,7 +381,8 @@ def run_chain(
     runtime = runtime or RuntimeConfig()
     wall = time.perf_counter()
     stages = [link.stage_cls(link.config) for link in links]
-    plan = ChainPlan(stages, source.schema(), keep)
+    by_id = runtime.storage.rejected_rows == "ids" and isinstance(source, DatasetInput)
+    plan = ChainPlan(stages, source.schema(), keep, first_rejects_by_id=by_id)
     refs = source.refs()
     name = _chain_name(links)
     code = chain_code_version([link.stage_cls for link in links])

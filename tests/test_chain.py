@@ -16,6 +16,7 @@ from gristmill.stages.base import DatasetInput, Split, StageInputError
 from gristmill.stages.chain import Link
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.raw_inputs import RawFilesInput
+from gristmill.stages.rejected import rejected_rows
 from gristmill.stages.runner import StageFailedError, run_chain, run_stage
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 from gristmill.storage.reader import Dataset
@@ -120,3 +121,25 @@ def test_a_chain_that_fails_on_one_unit_resumes_after_the_units_it_finished(
     units = len(raw().units())
     assert results[1].stats.units_reused == units - 1
     assert column(out) == column(filtered.output)
+
+
+def test_rejects_by_id_write_no_row_and_read_back_whole(separate: tuple,
+                                                        tmp_path: Path) -> None:
+    _, ingested, filtered = separate
+    by_id = QUIET.with_(storage=QUIET.storage.with_(rejected_rows="ids"))
+    result = run_stage(TextFilter, TextFilterConfig(), DatasetInput(ingested.output),
+                       str(tmp_path / "by_id"), by_id)
+    rejected = Dataset.open(result.rejected)
+    assert rejected.schema.names == ["id", "lang_id", "lang_score", "word_count",
+                                     "reject_reason", "reject_detail", "reject_stage"]
+    assert column(result.rejected) == column(filtered.rejected)
+    assert rejected.manifest.total_bytes < Dataset.open(filtered.rejected).manifest.total_bytes / 10
+    whole = pa.concat_tables(rejected_rows(result.rejected))
+    full = Dataset.open(filtered.rejected).to_table()
+    assert sorted(whole.column_names) == sorted(full.column_names)
+    assert whole.sort_by("id").to_pylist() == full.select(whole.column_names).sort_by(
+        "id").to_pylist()
+    assert column(result.output) == column(filtered.output)
+    chained = run_chain(LINKS, raw(), str(tmp_path / "chain"), by_id)
+    assert "text" in Dataset.open(chained[1].rejected).schema.names, \
+        "a fused link's input is not committed anywhere, so its rejects stay whole"
