@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from gristmill.config import StorageConfig
 from gristmill.stages.base import (
+    AddColumnsStage,
     MapStage,
     Split,
     StageConfig,
@@ -126,7 +127,9 @@ def _ids_only(stage: MapStage, schema: pa.Schema) -> pa.Schema:
     if "id" not in schema.names:
         raise StageInputError(f"{stage.name}: storage.rejected_rows 'ids' needs an 'id' "
                               f"column in the input (columns: {schema.names})")
-    found = [f for f in stage.rejected_schema(schema) if f.name not in schema.names]
+    written = {f.name for f in stage.added()} if isinstance(stage, AddColumnsStage) else set()
+    found = [f for f in stage.rejected_schema(schema)
+             if f.name != "id" and (f.name in written or f.name not in schema.names)]
     return pa.schema([schema.field("id"), *found], metadata=BY_ID)
 
 

@@ -94,14 +94,17 @@ def _refuse_unranked(dataset: Dataset, column: str, found: _ColumnProblems) -> N
 
 
 def _bucket_share(table: pa.Table, *, thresholds: list[float], buckets: int) -> pa.Table:
-    """One shard's rows (and tokens) per bucket."""
+    """One shard's rows (and tokens) per bucket, and how many token counts are missing."""
     assigned = assign_buckets(table.column(0).to_numpy(zero_copy_only=False), thresholds)
     rows = np.bincount(assigned, minlength=buckets)
     tokens = np.zeros(buckets, np.int64)
+    missing = 0
     if table.num_columns > 1:
-        counts = table.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+        column = table.column(1)
+        missing = column.null_count
+        counts = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         tokens = np.bincount(assigned, weights=counts, minlength=buckets).astype(np.int64)
-    return pa.table({"rows": [rows], "tokens": [tokens]})
+    return pa.table({"rows": [rows], "tokens": [tokens], "missing_tokens": [missing]})
 
 
 def cut_buckets(dataset: Dataset, score_column: str, fractions: list[float],
@@ -122,10 +125,15 @@ def cut_buckets(dataset: Dataset, score_column: str, fractions: list[float],
     tokens = np.zeros(len(fractions) + 1, np.int64)
     columns = [score_column, *([token_column] if token_column else [])]
     share = functools.partial(_bucket_share, thresholds=thresholds, buckets=rows.size)
+    missing = 0
     for part in map_shards(dataset, share, columns, runtime):
         for row in part.to_pylist():
             rows += np.asarray(row["rows"], np.int64)
             tokens += np.asarray(row["tokens"], np.int64)
+            missing += row["missing_tokens"]
+    if missing:
+        raise QualityFilterError(f"{missing} rows of {dataset.uri} have no {token_column!r}: "
+                                 "a budget in tokens needs every row's token count")
     empty = [i for i in range(len(fractions)) if rows[i] == 0]
     if empty:
         raise QualityFilterError(f"quality buckets {empty} are empty: scores tie across the "

@@ -198,8 +198,12 @@ def _raw_file(path: str, name: str, source: str, fmt: RawFormat | None, text_fie
               meta: dict[str, str] | None = None) -> RawFile:
     loc = resolve_uri(path)
     info = loc.fs.get_file_info(loc.path)
+    format_ = fmt or guess_format(path)
+    if format_ == "parquet" and compression_of(path):
+        raise IngestInputError(f"{path}: Parquet compresses inside the file; a compressed "
+                               "Parquet file cannot be read (decompress it first)")
     return RawFile(path=path if "://" in path else os.path.abspath(path), name=name,
-                   format=fmt or guess_format(path), compression=compression_of(path),
+                   format=format_, compression=compression_of(path),
                    source=source, text_field=text_field, meta=meta or {}, size=info.size or 0,
                    version=_version(loc, info))
 

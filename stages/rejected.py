@@ -25,8 +25,9 @@ def is_by_id(rejected: Dataset) -> bool:
 
 
 def rejected_rows(uri: str) -> Iterator[pa.Table]:
-    """The rejected dataset at `uri`, every row whole with its reason, input order. Holds the
-    rejected ids in memory (not the rows)."""
+    """The rejected dataset at `uri`, every row whole with what the stage found and why, in
+    input order. Holds the by-id dataset (ids and the stage's own columns) in memory, never
+    the input's rows."""
     rejected = Dataset.open(uri)
     if not is_by_id(rejected):
         yield from (pa.Table.from_batches([b]) for b in rejected.iter_batches())
@@ -39,11 +40,17 @@ def rejected_rows(uri: str) -> Iterator[pa.Table]:
         raise StageInputError(f"{source.uri} changed since {uri} was written: its rejected "
                               "rows can no longer be read back; rerun the stage")
     found = rejected.to_table()
+    found_columns = [name for name in found.column_names if name != "id"]
     ids = found.column("id")
-    extra = [name for name in found.column_names if name != "id"]
     for batch in source.iter_batches():
         table = pa.Table.from_batches([batch])
-        dropped = table.filter(pc.is_in(table.column("id"), value_set=ids))
-        if dropped.num_rows:
-            yield dropped.join(found, "id", join_type="left outer").select(
-                [*table.column_names, *extra])
+        positions = pc.index_in(table.column("id"), value_set=ids)
+        hit = pc.is_valid(positions)
+        if not pc.any(hit).as_py():
+            continue
+        rows = table.filter(hit).drop_columns(
+            [name for name in found_columns if name in table.column_names])
+        why = found.take(positions.filter(hit))
+        for name in found_columns:
+            rows = rows.append_column(why.schema.field(name), why.column(name))
+        yield rows

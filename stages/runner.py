@@ -85,15 +85,12 @@ class StageResult(BaseModel):
     wall_seconds: float
 
 
-def chain_code_version(stage_classes: Sequence[type[MapStage]]) -> str:
-    """Every stage's module, this runner, and every gristmill module they reach."""
-    modules = {sys.modules[cls.__module__] for cls in stage_classes}
+def chain_code_version(stage_classes: Sequence[type[MapStage]], source: StageInput) -> str:
+    """Every stage's module, the input's reader (raw files are parsed there), this runner,
+    and every gristmill module they reach."""
+    modules = {sys.modules[cls.__module__] for cls in [*stage_classes, type(source)]}
     return code_version(*sorted(modules, key=lambda m: m.__name__), sys.modules[__name__],
                         chain_module)
-
-
-def stage_code_version(stage_cls: type[MapStage]) -> str:
-    return chain_code_version([stage_cls])
 
 
 def cache_key(stage: str, config: dict, refs: list[InputRef], code: str,
@@ -122,7 +119,7 @@ def chain_cache_key(links: Sequence[Link], source: StageInput, storage: StorageC
                     keep: Sequence[str] = ()) -> str:
     """The key a committed output must carry to be reused for this run."""
     return cache_key(_chain_name(links), _chain_payload(links, keep), source.refs(),
-                     chain_code_version([link.stage_cls for link in links]), storage)
+                     chain_code_version([link.stage_cls for link in links], source), storage)
 
 
 def stage_cache_key(stage_cls: type[MapStage], config: StageConfig, source: StageInput,
@@ -250,6 +247,21 @@ def _committed(out: Location) -> Manifest | None:
         return None
 
 
+def _reusable(out: Location, committed: Manifest | None, key: str) -> bool:
+    """Committed under `key`, its sub-datasets too: a run killed between committing its
+    sub-datasets and its main manifest leaves them from another run."""
+    if committed is None or committed.lineage is None or committed.lineage.cache_key != key:
+        return False
+    for folder in _sub_folders(committed):
+        try:
+            lineage = load_manifest(out.join(folder)).lineage
+        except (UnreadableManifestError, FileNotFoundError):
+            return False
+        if lineage is None or lineage.cache_key != key:
+            return False
+    return True
+
+
 def _sub_folders(manifest: Manifest) -> set[str]:
     """The sub-datasets a committed chain output lists (its rejects, kept links)."""
     folders = {REJECTED_DIR} if manifest.rejected else set()
@@ -304,7 +316,18 @@ def _start_or_resume(out: Location, key: str, plan: ChainPlan,
     committed_files = _committed_files(out, committed)
     _clear_unlisted(out, set(plan.folders) | set(committed_files), committed_files,
                     _recorded_files(records))
+    for folder in _chain_folders(out) - set(plan.folders) - set(committed_files):
+        remove_tree(out.join(folder))
     return records
+
+
+def _chain_folders(out: Location) -> set[str]:
+    """rejected-*/ and kept-*/ folders present, committed or left by a killed run."""
+    if not out.exists():
+        return set()
+    return {info.base_name for info in out.fs.get_file_info(pafs.FileSelector(out.path))
+            if info.type == pafs.FileType.Directory
+            and info.base_name.startswith(("rejected-", "kept-"))}
 
 
 def _read_records(out: Location) -> dict[int, UnitRecord]:
@@ -385,15 +408,14 @@ def run_chain(
     plan = ChainPlan(stages, source.schema(), keep, first_rejects_by_id=by_id)
     refs = source.refs()
     name = _chain_name(links)
-    code = chain_code_version([link.stage_cls for link in links])
+    code = chain_code_version([link.stage_cls for link in links], source)
     payload = _chain_payload(links, keep)
     key = cache_key(name, payload, refs, code, runtime.storage)
     out = resolve(output)
     check_disjoint(out, refs)
 
     committed = _committed(out)
-    if committed is not None and committed.lineage is not None \
-            and committed.lineage.cache_key == key:
+    if _reusable(out, committed, key):
         remove_tree(out.join(PROGRESS_DIR))
         return _results(committed, out, key, True, wall)
 

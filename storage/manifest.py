@@ -55,8 +55,8 @@ class Lineage(BaseModel):
     code_version: str = ""
     cache_key: str = ""
     input_digest: str = Field(
-        default="", description="xxh3_128 over what each unit read (raw bytes or shard "
-                                "checksums), in unit order: the content the workers saw")
+        default="", description="xxh3_128 over what each unit read (its records' bytes, or "
+                                "its shards' checksums), in unit order: what the workers saw")
     flow_run_id: str | None = None
     started: datetime | None = None
     finished: datetime | None = None

@@ -3,16 +3,27 @@ chain's end and every link's rejects, keeps an intermediate on request, and resu
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import ray.cloudpickle
 
 from gristmill.config import RuntimeConfig, StorageConfig
 from gristmill.sources import resolve as resolve_source
-from gristmill.stages.base import DatasetInput, Split, StageInputError
+from gristmill.stages.base import (
+    DatasetInput,
+    MapStage,
+    Split,
+    StageConfig,
+    StageInputError,
+    attach_reasons,
+    reject_schema,
+)
 from gristmill.stages.chain import Link
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.raw_inputs import RawFilesInput
@@ -20,6 +31,7 @@ from gristmill.stages.rejected import rejected_rows
 from gristmill.stages.runner import StageFailedError, run_chain, run_stage
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -143,3 +155,55 @@ def test_rejects_by_id_write_no_row_and_read_back_whole(separate: tuple,
     chained = run_chain(LINKS, raw(), str(tmp_path / "chain"), by_id)
     assert "text" in Dataset.open(chained[1].rejected).schema.names, \
         "a fused link's input is not committed anywhere, so its rejects stay whole"
+
+
+class DropOdd(MapStage[StageConfig]):
+    """Rejects rows whose `n` is odd, with a note: a selection with a column of its own."""
+
+    name: ClassVar[str] = "drop_odd"
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return input_schema
+
+    def rejected_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return reject_schema(pa.schema([*input_schema, pa.field("note", pa.string())]))
+
+    def process(self, batch: pa.Table) -> Split:
+        odd = pc.equal(pc.bit_wise_and(batch.column("n"), 1), 1)
+        dropped = batch.filter(odd)
+        dropped = dropped.append_column("note", pa.array(
+            [f"n={n}" for n in dropped.column("n").to_pylist()], pa.string()))
+        rejected = attach_reasons(dropped, ["odd"] * dropped.num_rows,
+                                  [None] * dropped.num_rows, self.name)
+        return Split(batch.filter(pc.invert(odd)), rejected)
+
+
+def test_rejects_by_id_read_back_in_input_order_with_list_columns(tmp_path: Path) -> None:
+    rows = 500
+    table = pa.table({"id": [f"r{(i * 7919) % rows:04d}" for i in range(rows)],
+                      "n": list(range(rows)),
+                      "vec": [[float(i), float(-i)] for i in range(rows)]})
+    write_table(str(tmp_path / "in"), table, max_rows=64)
+    by_id = QUIET.with_(storage=QUIET.storage.with_(rejected_rows="ids"))
+    result = run_stage(DropOdd, StageConfig(), DatasetInput(str(tmp_path / "in")),
+                       str(tmp_path / "out"), by_id)
+    assert Dataset.open(result.rejected).schema.names == [
+        "id", "note", "reject_reason", "reject_detail", "reject_stage"]
+    back = pa.concat_tables(rejected_rows(result.rejected))
+    odd = table.filter(pc.equal(pc.bit_wise_and(table.column("n"), 1), 1))
+    assert back.column("id").to_pylist() == odd.column("id").to_pylist()
+    assert back.column("vec").to_pylist() == odd.column("vec").to_pylist()
+    assert back.column("note").to_pylist() == [f"n={n}" for n in odd.column("n").to_pylist()]
+
+
+def test_an_output_whose_sub_datasets_come_from_another_run_is_not_reused(
+        tmp_path: Path) -> None:
+    out = tmp_path / "fused"
+    first = run_chain(LINKS, raw(), str(out), QUIET)
+    manifest = out / "rejected-ingest" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["lineage"]["cache_key"] = "a killed run of another config"
+    manifest.write_text(json.dumps(data))
+    again = run_chain(LINKS, raw(), str(out), QUIET)
+    assert not again[0].reused and again[0].cache_key == first[0].cache_key
+    assert Dataset.open(again[0].rejected).manifest.lineage.cache_key == first[0].cache_key

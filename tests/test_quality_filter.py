@@ -166,6 +166,17 @@ def test_nan_or_missing_scores_are_refused_with_counts(tmp_path: Path) -> None:
         cut_buckets(Dataset.open(str(tmp_path / "null")), "quality_score", [0.1] * 4)
 
 
+def test_missing_token_counts_are_refused_with_their_count(tmp_path: Path) -> None:
+    scores = np.random.default_rng(2).random(300)
+    table = pa.table({"quality_score": pa.array(scores, pa.float64()),
+                      "tokens": pa.array([None if i % 50 == 0 else 10 for i in range(300)],
+                                         pa.int64())})
+    write_table(str(tmp_path / "tokens"), table)
+    with pytest.raises(QualityFilterError, match=r"6 rows .* have no 'tokens'"):
+        cut_buckets(Dataset.open(str(tmp_path / "tokens")), "quality_score", [0.1] * 4,
+                    token_column="tokens")
+
+
 def test_fewer_rows_than_buckets_and_tied_scores_are_refused(tmp_path: Path) -> None:
     with pytest.raises(QualityFilterError, match="3 scored rows cannot fill 4 quality buckets"):
         cut_buckets(Dataset.open(scored_dataset(tmp_path / "few", np.array([0.3, 0.2, 0.1]))),

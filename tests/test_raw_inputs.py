@@ -29,6 +29,7 @@ from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 from gristmill.storage.fs import resolve
 from gristmill.storage.manifest import is_committed
 from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import write_table
 
 BROWN = resolve_source("brown").files[0]
 OWT = resolve_source("owt").files[0]
@@ -227,3 +228,24 @@ def test_ingest_reads_s3_and_commits_its_outputs_there(s3_server, s3_bucket: str
     assert Dataset.open(filtered.output, verify=True).num_rows == filtered.stats.rows_out
     only_brown = RawFilesInput.from_args([f"s3://{s3_bucket}/raw/*.jsonl"])
     assert [f.name for f in only_brown.files] == ["brown.jsonl"]
+
+
+def test_the_raw_readers_are_part_of_ingests_code_version(tmp_path: Path) -> None:
+    """An edit to how raw files are parsed must change ingest's cache key."""
+    from gristmill.stages import raw_formats
+    from gristmill.stages.code_version import reachable_modules
+    from gristmill.stages.runner import chain_code_version
+
+    source = RawFilesInput.from_args([str(OWT)])
+    assert raw_formats in reachable_modules(sys.modules[type(source).__module__])
+    write_table(str(tmp_path / "rows"), pa.table({"id": ["a"], "text": ["b"]}))
+    dataset_key = chain_code_version([Ingest], DatasetInput(str(tmp_path / "rows")))
+    assert chain_code_version([Ingest], source) != dataset_key
+
+
+def test_compressed_parquet_is_refused_before_any_work(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "rows.parquet")
+    (tmp_path / "rows.parquet.gz").write_bytes(gzip.compress((tmp_path / "rows.parquet")
+                                                             .read_bytes()))
+    with pytest.raises(IngestInputError, match="Parquet compresses inside the file"):
+        RawFilesInput.from_args([str(tmp_path / "rows.parquet.gz")])

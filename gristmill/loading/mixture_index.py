@@ -43,7 +43,9 @@ def index_summary(domains: list[Dataset], names: list[str], columns: list[str]) 
 
 class MixtureIndexStream(IterableDataset):
     """Batches of a stored mixture, step by step. Use with `DataLoader(stream,
-    batch_size=None)`; worker w of W builds the steps s with s % W == w."""
+    batch_size=None)`; worker w of W builds the steps s with s % W == w. The `mix` step
+    stores one rank's stream (world size 1): ranks of a multi-GPU run that must not share
+    samples read `MixtureStream(config, rank=r, world_size=n)` instead."""
 
     def __init__(self, uri: str, *, start_step: int = 0, format: StreamFormat = "arrow") -> None:
         self.index = Dataset.open(uri)
@@ -93,6 +95,8 @@ class MixtureIndexStream(IterableDataset):
         """(step, its index rows as arrays), in order; a step may span index batches."""
         pending: list[pa.RecordBatch] = []
         for batch in self.index.iter_batches():
+            if batch.num_rows == 0:
+                continue
             steps = batch.column("step").to_numpy()
             cuts = np.flatnonzero(np.diff(steps)) + 1
             for start, stop in zip([0, *cuts], [*cuts, len(steps)], strict=True):
