@@ -189,7 +189,7 @@ def test_every_flow_is_a_deployment_with_its_schedule_and_form(served: Served) -
     assert [s["schedule"]["interval"] for s in ingest["schedules"]] == [10.0]
     schema = ingest["parameter_openapi_schema"]
     form = schema["definitions"]["IngestParams"]["properties"]
-    assert form["sources"]["description"] == "Named sources, files, folders or globs"
+    assert form["sources"]["description"] == "Named sources, files, folders, globs or URIs"
     assert form["output"]["default"] == ".gristmill/ingest"
     assert ingest["parameters"]["params"]["output"] == str(served.root / "ingested")
 
@@ -246,7 +246,7 @@ def test_the_ui_form_starts_a_run_with_edited_values(served: Served, tmp_path: P
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(f"{ui}/deployments/deployment/{ingest['id']}/run", wait_until="networkidle")
-        page.get_by_text("Named sources, files, folders or globs").wait_for(timeout=60_000)
+        page.get_by_text("Named sources, files, folders, globs or URIs").wait_for(timeout=60_000)
         assert page.get_by_text("Larger texts are rejected as too_large").is_visible()
         default = str(served.root / "ingested")
         fields = [f for f in page.locator("input, textarea").all() if f.input_value() == default]
