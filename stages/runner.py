@@ -463,13 +463,12 @@ def run_chain(
                           "rejected": plan.rejected[i],
                           "stats": link_stats[i].model_dump(mode="json")}
                          for i, stage in enumerate(stages)]}
-    committed_files = _committed_files(out, committed)
     manifest = commit_dataset(out, plan.schemas[OUTPUT], shards[OUTPUT],
                               rejected=(plan.schemas[REJECTED_DIR], shards[REJECTED_DIR]),
                               lineage=lineage, stats=_chain_stats(link_stats), summary=summary)
     new_files = {folder: {s.file for s in listed} for folder, listed in shards.items()}
     _clear_unlisted(out, set(plan.folders), new_files)
-    for folder in set(committed_files) - set(plan.folders):
+    for folder in (_sub_folders(committed) if committed else set()) - set(plan.folders):
         remove_tree(out.join(folder))
     remove_tree(out.join(PROGRESS_DIR))
     return _results(manifest, out, key, False, wall)

@@ -11,7 +11,7 @@ or leaves the mixture ("stop"). Every sample is tagged with its `domain`, and wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -238,52 +238,40 @@ class MixtureStream(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
         workers, me = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-        domains = [_Domain(spec, self.config.seed * 1009 + i, self.columns)
-                   for i, spec in enumerate(self.config.domains)]
-        consumed = np.zeros(len(domains), dtype=np.int64)
-        for step in range(self.config.total_steps):
-            drawn = self.plan.draw(step, consumed)
-            if drawn is None:
-                return
-            labels, counts = drawn
-            if step >= self.start_step and (step - self.start_step) % workers == me:
-                batch = self._batch(step, domains, labels, consumed)
-                if worker is None:
-                    self.start_step = step + 1
-                yield format_batch(batch, self.format)
-            consumed += counts
-
-    def _batch(self, step: int, domains: list[_Domain], labels: np.ndarray,
-               consumed: np.ndarray) -> pa.RecordBatch:
-        slots = self._slots(step, domains, labels, consumed)
-        pieces = []
-        for index in np.unique(slots.domain):
-            where = np.flatnonzero(slots.domain == index)
-            rows = gather(domains[index].cache, slots.shard[where], slots.row[where])
-            pieces.append((where, conform(rows, self.schema)))
-        order = np.argsort(np.concatenate([where for where, _ in pieces]))
-        table = pa.concat_tables([rows for _, rows in pieces]).take(pa.array(order))
-        return with_mixture_columns(table, slots, [d.name for d in domains])
+        for step, domains, slots in self._draws(lambda step: step >= self.start_step and (
+                step - self.start_step) % workers == me):
+            batch = with_mixture_columns(gather_slots(slots, [d.cache for d in domains],
+                                                      self.schema),
+                                         slots, [d.name for d in domains])
+            if worker is None:
+                self.start_step = step + 1
+            yield format_batch(batch, self.format)
 
     def iter_index(self) -> Iterator[pa.RecordBatch]:
         """Each step's samples as (step, domain, epoch, weight, shard, row): where the rows
         are, not the rows, so a mixture is stored in a few bytes a sample."""
-        domains = [_Domain(spec, self.config.seed * 1009 + i, self.columns)
-                   for i, spec in enumerate(self.config.domains)]
-        names = np.array([d.name for d in domains], dtype=object)
-        consumed = np.zeros(len(domains), dtype=np.int64)
-        for step in range(self.config.total_steps):
-            drawn = self.plan.draw(step, consumed)
-            if drawn is None:
-                return
-            labels, counts = drawn
-            slots = self._slots(step, domains, labels, consumed)
+        names = np.array([d.name for d in self.config.domains], dtype=object)
+        for step, _, slots in self._draws(lambda step: True):
             yield pa.record_batch([
                 pa.array(np.full(len(slots.domain), step), pa.int64()),
                 pa.array(names[slots.domain], pa.string()),
                 pa.array(slots.epoch, pa.int32()), pa.array(slots.weight, pa.float32()),
                 pa.array(slots.shard, pa.int32()), pa.array(slots.row, pa.int64())],
                 schema=INDEX_SCHEMA)
+
+    def _draws(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, list[_Domain], Slots]]:
+        """Every step in order, with this rank's slots for the steps `wanted` picks; each
+        domain's read counter advances over every step, picked or not."""
+        domains = [_Domain(spec, self.config.seed * 1009 + i, self.columns)
+                   for i, spec in enumerate(self.config.domains)]
+        consumed = np.zeros(len(domains), dtype=np.int64)
+        for step in range(self.config.total_steps):
+            drawn = self.plan.draw(step, consumed)
+            if drawn is None:
+                return
+            labels, counts = drawn
+            if wanted(step):
+                yield step, domains, self._slots(step, domains, labels, consumed)
             consumed += counts
 
     def _slots(self, step: int, domains: list[_Domain], labels: np.ndarray,
@@ -313,6 +301,17 @@ class Slots(NamedTuple):
     weight: np.ndarray
     shard: np.ndarray
     row: np.ndarray
+
+
+def gather_slots(slots: Slots, caches: list[ShardCache], schema: pa.Schema) -> pa.Table:
+    """The rows the slots name, in batch order, in `schema`: one gather per domain."""
+    pieces = []
+    for index in np.unique(slots.domain):
+        where = np.flatnonzero(slots.domain == index)
+        rows = gather(caches[index], slots.shard[where], slots.row[where])
+        pieces.append((where, conform(rows, schema)))
+    order = np.argsort(np.concatenate([where for where, _ in pieces]))
+    return pa.concat_tables([rows for _, rows in pieces]).take(pa.array(order))
 
 
 def with_mixture_columns(table: pa.Table, slots: Slots, names: list[str]) -> pa.RecordBatch:

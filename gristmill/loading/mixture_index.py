@@ -21,14 +21,13 @@ from gristmill.loading.mixture import (
     MIXTURE_COLUMNS,
     MixtureError,
     Slots,
-    gather,
+    gather_slots,
     with_mixture_columns,
 )
 from gristmill.loading.shard_cache import ShardCache
 from gristmill.loading.stream import Batch, StreamFormat, format_batch
 from gristmill.storage.manifest import content_sha256
 from gristmill.storage.reader import Dataset
-from gristmill.storage.writer import conform
 
 INDEX_FORMAT = "gristmill-mixture-index/1"
 
@@ -80,13 +79,7 @@ class MixtureIndexStream(IterableDataset):
             slots = Slots(step, np.array([labels[n] for n in rows["domain"]]),
                           rows["domain_epoch"], rows["loss_weight"], rows["shard"],
                           rows["row"])
-            pieces = []
-            for index in np.unique(slots.domain):
-                where = np.flatnonzero(slots.domain == index)
-                found = gather(caches[index], slots.shard[where], slots.row[where])
-                pieces.append((where, conform(found, self.schema)))
-            order = np.argsort(np.concatenate([where for where, _ in pieces]))
-            table = pa.concat_tables([found for _, found in pieces]).take(pa.array(order))
+            table = gather_slots(slots, caches, self.schema)
             if worker is None:
                 self.start_step = step + 1
             yield format_batch(with_mixture_columns(table, slots, self.names), self.format)
