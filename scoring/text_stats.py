@@ -3,7 +3,8 @@
 Repetition measures follow the Gopher rules (Rae et al., 2021): the share of lines that
 repeat an earlier line, the share of word characters covered by the single most frequent
 n-gram, and the share covered by n-grams that occur more than once. N-grams are compared
-by a 64-bit rolling hash of word ids, so a 100k-word document costs milliseconds.
+by a 64-bit rolling hash of the words' own string hashes, so a 100k-word document costs
+milliseconds.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ def duplicate_line_fraction(text: str) -> float:
 
 
 class NgramIndex:
-    """Word ids and lengths of one text, for repeated n-gram queries."""
+    """Word hashes and lengths of one text, for repeated n-gram queries.
+
+    A word's id is Python's string hash (computed in C, cached on the string): equal words
+    get equal ids within the process, and two different words collide with odds of 2**-64,
+    so no vocabulary dict is built word by word.
+    """
 
     def __init__(self, tokens: list[str]) -> None:
-        vocabulary: dict[str, int] = {}
-        self.ids = np.array([vocabulary.setdefault(t, len(vocabulary)) for t in tokens],
-                            dtype=np.uint64)
+        self.ids = np.fromiter(map(hash, tokens), dtype=np.int64,
+                               count=len(tokens)).view(np.uint64)
         self.lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         self.total_chars = int(self.lengths.sum())
 
@@ -66,7 +71,11 @@ class NgramIndex:
         return float(per_window[best] * gram_chars / self.total_chars)
 
     def duplicate_ngram_char_fraction(self, n: int) -> float:
-        """Share of word characters inside n-grams that occur more than once."""
+        """Share of word characters inside n-grams that occur more than once.
+
+        Never grows with n: a word inside a repeated (n+1)-gram is inside one of the two
+        n-grams that gram starts with or ends with, and both repeat where it does.
+        """
         if len(self.ids) < n or self.total_chars == 0:
             return 0.0
         per_window = self._counts(n)

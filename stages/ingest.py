@@ -116,9 +116,12 @@ class Ingest(MapStage[IngestConfig]):
         return Split(pa.table(kept, schema=self.output_schema(RAW_SCHEMA)), rejected)
 
     def _check_text(self, text: str) -> tuple[str, str]:
-        size = len(text.encode("utf-8"))
-        if size > self.config.max_text_bytes:
-            return "too_large", f"{size} bytes > max_text_bytes {self.config.max_text_bytes}"
+        """A UTF-8 character takes at most 4 bytes: only a text that could be too large is
+        encoded to measure it."""
+        if len(text) * 4 > self.config.max_text_bytes:
+            size = len(text.encode("utf-8"))
+            if size > self.config.max_text_bytes:
+                return "too_large", f"{size} bytes > max_text_bytes {self.config.max_text_bytes}"
         if not text.strip():
             return "empty_text", "text is empty or whitespace only"
         return "", ""

@@ -136,10 +136,13 @@ class TextFilter(MapStage[TextFilterConfig]):
             share = ngrams.top_ngram_char_fraction(n)
             if share > limit:
                 return "repetition", f"top {n}-gram covers {share:.2f} of characters"
-        for n, limit in sorted(cfg.max_duplicate_ngram_fraction.items()):
+        duplicate_limits = sorted(cfg.max_duplicate_ngram_fraction.items())
+        for index, (n, limit) in enumerate(duplicate_limits):
             share = ngrams.duplicate_ngram_char_fraction(n)
             if share > limit:
                 return "repetition", f"repeated {n}-grams cover {share:.2f} of characters"
+            if all(share <= later for _, later in duplicate_limits[index + 1:]):
+                break
         return None
 
     def _language(self, text: str) -> tuple[str, float]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gristmill.scoring import text_stats
+from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 
 
 def naive_duplicate_fraction(tokens: list[str], n: int) -> float:
@@ -40,6 +44,38 @@ def test_hashed_ngram_fractions_match_a_direct_count(seed: int, n: int) -> None:
         naive_duplicate_fraction(tokens, n))
     top = index.top_ngram_char_fraction(n)
     assert top == pytest.approx(naive_top_fraction(tokens, n))
+
+
+small_vocabulary_texts = st.lists(st.sampled_from(["a", "bb", "ccc", "the", "of", "river"]),
+                                  min_size=0, max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=small_vocabulary_texts)
+def test_the_duplicate_ngram_share_never_grows_with_n(tokens: list[str]) -> None:
+    """The text filter stops early on this: a low share for n clears every larger n."""
+    index = text_stats.NgramIndex(tokens)
+    shares = [index.duplicate_ngram_char_fraction(n) for n in range(1, 12)]
+    assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(shares))
+
+
+@settings(max_examples=100, deadline=None)
+@given(tokens=small_vocabulary_texts,
+       limits=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6))
+def test_the_early_stop_decides_as_checking_every_n(tokens: list[str],
+                                                    limits: list[float]) -> None:
+    config = TextFilterConfig(max_top_ngram_fraction={}, max_duplicate_line_fraction=None,
+                              max_non_printable_fraction=None,
+                              max_duplicate_ngram_fraction=dict(zip(range(5, 11), limits,
+                                                                    strict=False)))
+    index = text_stats.NgramIndex(tokens)
+    first_failing = next((n for n, limit in sorted(config.max_duplicate_ngram_fraction.items())
+                          if index.duplicate_ngram_char_fraction(n) > limit), None)
+    verdict = TextFilter(config)._repetition_or_noise(" ".join(tokens), tokens)
+    if first_failing is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and f"repeated {first_failing}-grams" in verdict[1]
 
 
 def test_text_without_repeats_scores_zero() -> None:
