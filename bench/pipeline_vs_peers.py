@@ -4,9 +4,12 @@ Each tool reads the same JSONL files (Debian documentation, `bench/debian_corpus
 above the ~165 MB of unique text padded with perturbed copies) and keeps the English documents
 that pass the Gopher word-count, mean-word-length, line-repetition and n-gram repetition rules
 and fastText language ID (score >= 0.65 on the whole text, the same lid.176.ftz file for all).
-DataTrove runs the Gopher rules gristmill has knobs for, with its others off, so the kept
-counts should agree up to tokenization; Data-Juicer has no Gopher set, so its nearest ops run
-and its kept count is only reported.
+DataTrove runs the Gopher rules gristmill has knobs for, with its others off. The two
+differ in one definition: gristmill's duplicate n-gram share counts every occurrence of a
+repeated n-gram over the words' characters (as the Gopher paper words it); DataTrove counts
+the repeats after the first over the whole text. `--rules shared` switches those rules off
+in every tool, so the kept counts compare the rules both define alike. Data-Juicer has no
+Gopher set, so its nearest ops run and its kept count is only reported.
 
 Every run is a fresh subprocess on the same cores (gristmill: a local Ray with `--workers`
 CPUs; DataTrove: LocalPipelineExecutor with that many workers; Data-Juicer: `np`). Wall time
@@ -17,6 +20,8 @@ import and startup baseline). Tools and sizes are interleaved in every round, in
 order. Peers live in their own virtualenvs under the scratch folder, created on first use.
 
     python bench/pipeline_vs_peers.py --sizes 200 1000 --rounds 3
+    python bench/pipeline_vs_peers.py --sizes 50 --rounds 1 --rules shared \
+        --results bench/results/pipeline_vs_peers_shared_rules.json
 """
 
 from __future__ import annotations
@@ -75,9 +80,10 @@ def peer_python(peer: str) -> Path:
     return python
 
 
-def command(tool: str, corpus: Path, out: Path, workers: int) -> list[str]:
+def command(tool: str, corpus: Path, out: Path, workers: int, rules: str) -> list[str]:
     args = ["--input", str(corpus), "--output", str(out), "--workers", str(workers),
-            "--model", str(language_model())]
+            "--model", str(language_model()),
+            *(["--no-duplicate-ngrams"] if rules == "shared" else [])]
     if tool == "gristmill":
         return [sys.executable, str(ROOT / "bench" / "peers" / "gristmill_filters.py"), *args]
     return [str(peer_python(tool)), str(ROOT / "bench" / PEERS[tool]["script"]), *args]
@@ -114,13 +120,13 @@ class TreeRss:
         self._thread.join()
 
 
-def run_tool(tool: str, corpus: Path, workers: int) -> dict:
+def run_tool(tool: str, corpus: Path, workers: int, rules: str) -> dict:
     """One fresh run: wall seconds, the tool's own timing, kept documents, peak tree RSS."""
     out = SCRATCH / "out" / tool
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start = time.perf_counter()
-    child = subprocess.Popen(command(tool, corpus, out, workers), stdout=subprocess.DEVNULL,
+    child = subprocess.Popen(command(tool, corpus, out, workers, rules), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
     with TreeRss(child.pid) as rss:
         _, stderr = child.communicate()
@@ -207,20 +213,23 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS)
     parser.add_argument("--files", type=int, default=16, help="JSONL files per corpus")
     parser.add_argument("--results", type=Path, default=RESULT)
+    parser.add_argument("--rules", choices=["gopher", "shared"], default="gopher",
+                        help="shared: the duplicate n-gram rules off in every tool, since each "
+                             "tool defines that share its own way")
     args = parser.parse_args()
 
     corpora = {size: SCRATCH / f"corpus-{size}mb" for size in args.sizes}
     sizes = {size: write_corpus(path, size * MB, SCRATCH, files=args.files)
              for size, path in corpora.items()}
     small = baseline_corpus(corpora[min(corpora)])
-    baselines = {tool: run_tool(tool, small, args.workers)["peak_rss_bytes"]
+    baselines = {tool: run_tool(tool, small, args.workers, args.rules)["peak_rss_bytes"]
                  for tool in args.tools}
     runs = []
     jobs = [(size, tool) for size in args.sizes for tool in args.tools]
     for round_index in range(args.rounds):
         shift = round_index % len(jobs)
         for size, tool in jobs[shift:] + jobs[:shift]:
-            result = run_tool(tool, corpora[size], args.workers)
+            result = run_tool(tool, corpora[size], args.workers, args.rules)
             runs.append({"round": round_index, "tool": tool, "size_mb": size, **result})
             print(f"round {round_index} {tool:<12} {size:>5} MB {result['wall_s']:7.1f} s "
                   f"kept {result['kept']}", flush=True)
@@ -229,7 +238,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     write_json(args.results, {
-        "commit": commit, "cpus": psutil.cpu_count(), "workers": args.workers,
+        "commit": commit, "rules": args.rules, "cpus": psutil.cpu_count(), "workers": args.workers,
         "load_average_after": load_average(), "corpora": {str(k): v for k, v in sizes.items()},
         "baseline_rss_bytes": baselines, "runs": runs, **summary})
 

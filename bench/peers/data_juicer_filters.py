@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", required=True)
     parser.add_argument("--min-language-score", type=float, default=0.65)
+    parser.add_argument("--no-duplicate-ngrams", action="store_true",
+                        help="switch off the repeated 5-gram rule")
     args = parser.parse_args()
     out = Path(args.output)
     models = out / "models"
@@ -44,8 +46,9 @@ def main() -> None:
         "process": [
             {"words_num_filter": {"lang": "en", "tokenization": False, "min_num": 50,
                                   "max_num": 100_000}},
-            {"word_repetition_filter": {"lang": "en", "tokenization": False, "rep_len": 5,
-                                        "min_ratio": 0.0, "max_ratio": 0.15}},
+            *([] if args.no_duplicate_ngrams else [
+                {"word_repetition_filter": {"lang": "en", "tokenization": False, "rep_len": 5,
+                                            "min_ratio": 0.0, "max_ratio": 0.15}}]),
             {"language_id_score_filter": {"lang": "en", "min_score": args.min_language_score}},
         ],
     }

@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", required=True)
     parser.add_argument("--min-language-score", type=float, default=0.65)
+    parser.add_argument("--no-duplicate-ngrams", action="store_true",
+                        help="switch off the duplicate 5..10-gram rules")
     args = parser.parse_args()
     place_model(args.model)
 
@@ -51,7 +53,8 @@ def main() -> None:
     pipeline = [
         JsonlReader(args.input, glob_pattern="*.jsonl", text_key="text", id_key="id"),
         GopherRepetitionFilter(dup_line_frac=0.3, dup_para_frac=None, dup_line_char_frac=None,
-                               dup_para_char_frac=None),
+                               dup_para_char_frac=None,
+                               **({"dup_n_grams": ()} if args.no_duplicate_ngrams else {})),
         GopherQualityFilter(max_symbol_word_ratio=None, max_bullet_lines_ratio=None,
                             max_ellipsis_lines_ratio=None, max_non_alpha_words_ratio=None,
                             min_stop_words=None),

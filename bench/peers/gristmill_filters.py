@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", required=True, help="unused: the text filter loads this file")
     parser.add_argument("--min-language-score", type=float, default=0.65)
+    parser.add_argument("--no-duplicate-ngrams", action="store_true",
+                        help="switch off the duplicate 5..10-gram rules")
     args = parser.parse_args()
     start = time.perf_counter()
 
@@ -35,7 +37,9 @@ def main() -> None:
     text_filter = TextFilterConfig(min_chars=None, max_chars=None,
                                    max_non_printable_fraction=None,
                                    min_language_score=args.min_language_score,
-                                   language_id_chars=100_000_000)
+                                   language_id_chars=100_000_000,
+                                   **({"max_duplicate_ngram_fraction": {}}
+                                      if args.no_duplicate_ngrams else {}))
     runtime = RuntimeConfig(ray=RayConfig(num_cpus=args.workers), storage=StorageConfig(),
                             progress=False)
     results = run_chain([Link(Ingest, IngestConfig()), Link(TextFilter, text_filter)],
