@@ -7,9 +7,10 @@ Bytes are deterministic, so one run per variant is enough.
 
 Run: python bench/curate_bytes.py [--config configs/demo.yaml]
 At ~1 GB of real text (bench/debian_corpus.py, built by bench/pipeline_vs_peers.py):
-    python bench/curate_bytes.py --variants rejected_rows=ids \
+    python bench/curate_bytes.py \
         --set 'sources=[.gristmill/bench/pipeline_vs_peers/corpus-1000mb]' \
-        --set max_records=null --results bench/results/curate_bytes_1gb.json
+        --set max_records=null --set datastore=null \
+        --results bench/results/curate_bytes_1gb.json
 """
 
 from __future__ import annotations

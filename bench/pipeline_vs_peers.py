@@ -95,16 +95,21 @@ class TreeRss:
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.root = psutil.Process(pid)
         self.interval, self.peak = interval, 0
+        self.at_peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        total = 0
+        """Sum the tree; at a new peak, keep what each kind of process held (by name)."""
+        held: dict[str, int] = {}
         with contextlib.suppress(psutil.Error):
             for process in [self.root, *self.root.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
-                    total += process.memory_info().rss
-        self.peak = max(self.peak, total)
+                    name = process.name()
+                    held[name] = held.get(name, 0) + process.memory_info().rss
+        total = sum(held.values())
+        if total > self.peak:
+            self.peak, self.at_peak = total, held
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -137,7 +142,8 @@ def run_tool(tool: str, corpus: Path, workers: int, rules: str) -> dict:
     written = sum(f.stat().st_size for f in (out / "kept").rglob("*") if f.is_file())
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": wall, "tool_s": report["seconds"], "kept": report["kept"],
-            "peak_rss_bytes": rss.peak, "bytes_written": written}
+            "peak_rss_bytes": rss.peak, "rss_at_peak_by_process": rss.at_peak,
+            "bytes_written": written}
 
 
 def baseline_corpus(corpus: Path) -> Path:

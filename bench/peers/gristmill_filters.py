@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--min-language-score", type=float, default=0.65)
     parser.add_argument("--no-duplicate-ngrams", action="store_true",
                         help="switch off the duplicate 5..10-gram rules")
+    parser.add_argument("--unit-bytes", type=int, default=None,
+                        help="cut files into units of about this size (default: the input's)")
     args = parser.parse_args()
     start = time.perf_counter()
 
@@ -42,8 +44,10 @@ def main() -> None:
                                       if args.no_duplicate_ngrams else {}))
     runtime = RuntimeConfig(ray=RayConfig(num_cpus=args.workers), storage=StorageConfig(),
                             progress=False)
+    units = {"unit_bytes": args.unit_bytes} if args.unit_bytes else {}
     results = run_chain([Link(Ingest, IngestConfig()), Link(TextFilter, text_filter)],
-                        RawFilesInput.from_args([args.input]), f"{args.output}/kept", runtime)
+                        RawFilesInput.from_args([args.input], **units), f"{args.output}/kept",
+                        runtime)
     Path(args.output, "report.json").write_text(json.dumps({"seconds": time.perf_counter() - start,
                       "kept": results[-1].stats.rows_out}))
 
