@@ -8,25 +8,18 @@ to match: the repetition rule is defined differently.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+import runner_args
 import yaml
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--min-language-score", type=float, default=0.65)
-    parser.add_argument("--no-duplicate-ngrams", action="store_true",
-                        help="switch off the repeated 5-gram rule")
+    parser = runner_args.parser()
     args = parser.parse_args()
     out = Path(args.output)
     models = out / "models"

@@ -7,12 +7,13 @@ the same fastText model file gristmill uses put where DataTrove looks for its do
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
 from pathlib import Path
+
+import runner_args
 
 
 def place_model(model: str) -> None:
@@ -29,14 +30,7 @@ def place_model(model: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--min-language-score", type=float, default=0.65)
-    parser.add_argument("--no-duplicate-ngrams", action="store_true",
-                        help="switch off the duplicate 5..10-gram rules")
+    parser = runner_args.parser()
     args = parser.parse_args()
     place_model(args.model)
 

@@ -7,22 +7,16 @@ language ID over the whole text; the character-count and non-printable rules are
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 
+import runner_args
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model", required=True, help="unused: the text filter loads this file")
-    parser.add_argument("--min-language-score", type=float, default=0.65)
-    parser.add_argument("--no-duplicate-ngrams", action="store_true",
-                        help="switch off the duplicate 5..10-gram rules")
+    parser = runner_args.parser()
     parser.add_argument("--unit-bytes", type=int, default=None,
                         help="cut files into units of about this size (default: the input's)")
     args = parser.parse_args()
