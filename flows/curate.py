@@ -11,7 +11,6 @@ failed or killed run started again picks up at the first unfinished step.
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow
@@ -48,7 +47,7 @@ from gristmill.stages.quality_score import QualityScore
 from gristmill.stages.raw_inputs import DEFAULT_UNIT_BYTES, RawFilesInput
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
-from gristmill.storage.fs import resolve
+from gristmill.storage.fs import Location, resolve
 
 
 class CaptionsStep(FrozenModel):
@@ -146,7 +145,7 @@ def _fuses_scoring(params: CurateParams) -> bool:
 
 
 def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow],
-                plots: Path) -> str:
+                plots: Location) -> str:
     """ingest + text_filter (+ quality scoring) in one pass -> quality pool -> prune; returns
     the curated dataset's URI."""
     runtime = params.runtime
@@ -156,7 +155,7 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
     quality, classifier = None, None
     if params.quality is not None:
         quality = params.quality.with_(work_dir=params.path("quality"),
-                                       plot=str(plots / "quality_pools.png"), runtime=runtime)
+                                       plot=plots.join("quality_pools.png").uri(), runtime=runtime)
     if quality is not None and _fuses_scoring(params):
         scoring, classifier = score_config(quality)
         links.append(Link(QualityScore, scoring))
@@ -176,7 +175,7 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
     progress.step()
     if params.prune is not None:
         prune = params.prune.with_(input=current, output=params.path("prune"),
-                                   plots=str(plots), runtime=runtime)
+                                   plots=plots.uri(), runtime=runtime)
         steps = prune_flow(prune)
         funnel.extend(_funnel(f"prune: {r.stage}", r) for r in steps)
         current = steps[-1].output
@@ -187,8 +186,8 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
 @flow(name="curate", log_prints=True)
 def curate_flow(params: CurateParams) -> list[StageResult | StepResult]:
     """Raw sources to training-ready mixture shards (and fused captions, and a datastore)."""
-    plots = Path(params.path("plots"))
-    plots.mkdir(parents=True, exist_ok=True)
+    plots = resolve(params.path("plots"))
+    plots.fs.create_dir(plots.path, recursive=True)
     progress = Progress(steps=6 + params.captions.enabled + (params.datastore is not None))
     funnel: list[FunnelRow] = []
     results: list[StageResult | StepResult] = []
@@ -220,7 +219,7 @@ def curate_flow(params: CurateParams) -> list[StageResult | StepResult]:
         batch_size=params.mix.batch_size, seed=params.mix.seed)
     mixed = mix_flow(MixParams(mixture=mixture, output=params.path("final"),
                                materialize=params.mix.materialize,
-                               plot=str(plots / "mixture.png"), runtime=params.runtime))
+                               plot=plots.join("mixture.png").uri(), runtime=params.runtime))
     funnel.append(_funnel("mix (final)", mixed))
     results.append(mixed)
     progress.step()

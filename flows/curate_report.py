@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import posixpath
 
+import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
 from gristmill.flows.plots import markdown_image
+from gristmill.storage.fs import Location, read_bytes
 from gristmill.storage.reader import Dataset
 
 
@@ -50,12 +52,14 @@ def final_summary(uri: str) -> list[str]:
 
 
 def run_report(funnel: list[FunnelRow], domains: dict[str, str], final: str,
-               plots: Path) -> str:
+               plots: Location) -> str:
     lines = ["# curate", "", "## Funnel", "", *funnel_table(funnel), "",
              "## Domains mixed", "", "| domain | rows |", "|---|---:|"]
     lines += [f"| {name} | {Dataset.open(uri).num_rows:,} |" for name, uri in domains.items()]
     lines += ["", "## Final output", "", *final_summary(final), ""]
-    for png in sorted(plots.glob("*.png")):
-        lines += [f"## {png.stem.replace('_', ' ')}", "", markdown_image(png.read_bytes(),
-                                                                          png.stem), ""]
+    listed = plots.fs.get_file_info(pafs.FileSelector(plots.path, allow_not_found=True))
+    for png in sorted(i.base_name for i in listed if i.base_name.endswith(".png")):
+        stem = posixpath.splitext(png)[0]
+        lines += [f"## {stem.replace('_', ' ')}", "",
+                  markdown_image(read_bytes(plots.join(png)), stem), ""]
     return "\n".join(lines)

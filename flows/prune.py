@@ -7,8 +7,6 @@ stage's config pins by content, so every decision is in the lineage and in the c
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
@@ -65,10 +63,9 @@ def prune_flow(params: PruneParams) -> list[StageResult]:
                                 runtime)
     histogram, sizes = score_histogram_png(summary), cluster_sizes_png(summary)
     if params.plots:
-        folder = Path(params.plots)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(resolve(str(folder / "prune_scores.png")), histogram)
-        write_bytes_atomic(resolve(str(folder / "prune_cluster_sizes.png")), sizes)
+        folder = resolve(params.plots)
+        write_bytes_atomic(folder.join("prune_scores.png"), histogram)
+        write_bytes_atomic(folder.join("prune_cluster_sizes.png"), sizes)
     create_markdown_artifact(
         prune_report(summary, selected) + "\n"
         + markdown_image(histogram, "prototype score histogram") + "\n\n"

@@ -27,7 +27,7 @@ _MASK_32 = np.uint64(0xFFFFFFFF)
 _SHIFT_31 = np.uint64(31)
 _NGRAM_BASE = np.uint64(0x100000001B3)
 _SHINGLE_CHUNK = 1 << 15
-_PAIR_BUCKET_LIMIT = 64
+PAIR_BUCKET_LIMIT = 64
 """Buckets up to this size verify every pair; larger ones compare members to leaders."""
 
 
@@ -178,7 +178,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def _band_keys(band: np.ndarray) -> np.ndarray:
+def band_keys(band: np.ndarray) -> np.ndarray:
     keys = np.zeros(len(band), np.uint64)
     with np.errstate(over="ignore"):
         for column in band.T:
@@ -195,7 +195,7 @@ def _bucket_runs(keys: np.ndarray) -> list[np.ndarray]:
     return [np.sort(run) for run in runs if len(run) > 1]
 
 
-def _small_bucket_pairs(runs: list[np.ndarray]) -> np.ndarray:
+def bucket_pairs(runs: list[np.ndarray]) -> np.ndarray:
     """Every pair inside each bucket, grouped by bucket size so each size is one numpy op."""
     by_size: dict[int, list[np.ndarray]] = {}
     for run in runs:
@@ -208,7 +208,7 @@ def _small_bucket_pairs(runs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(pairs)
 
 
-def _leader_pairs(run: np.ndarray, signatures: np.ndarray, threshold: float) -> np.ndarray:
+def leader_pairs(run: np.ndarray, signatures: np.ndarray, threshold: float) -> np.ndarray:
     """Verified pairs of a large bucket: each member joins every earlier leader it matches,
     or becomes a leader. Linear in the bucket for a corpus of copies of one text."""
     leaders: list[int] = []
@@ -261,13 +261,13 @@ def near_duplicate_groups(signatures: np.ndarray, threshold: float,
     small: list[np.ndarray] = []
     verified: list[np.ndarray] = []
     for band in range(bands):
-        keys = _band_keys(signatures[:, band * rows:(band + 1) * rows])
+        keys = band_keys(signatures[:, band * rows:(band + 1) * rows])
         for run in _bucket_runs(keys):
-            if len(run) <= _PAIR_BUCKET_LIMIT:
+            if len(run) <= PAIR_BUCKET_LIMIT:
                 small.append(run)
             else:
-                verified.append(_leader_pairs(run, signatures, threshold))
-    candidates = np.unique(_small_bucket_pairs(small), axis=0)
+                verified.append(leader_pairs(run, signatures, threshold))
+    candidates = np.unique(bucket_pairs(small), axis=0)
     keep = np.zeros(len(candidates), bool)
     for lo in range(0, len(candidates), _SHINGLE_CHUNK):
         chunk = candidates[lo:lo + _SHINGLE_CHUNK]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -76,6 +77,7 @@ class UnitRecord(BaseModel):
     links: list[LinkCounts]
     input_digest: str = Field(default="", description="xxh3_128 of what the unit read")
     worker: str = Field(default="", description="host:pid of the worker that ran it")
+    node: str = Field(default="", description="Ray node id of that worker ('' outside Ray)")
     seconds: float
     finished: datetime
 
@@ -151,6 +153,14 @@ def _through(stage: MapStage, table: pa.Table) -> Split:
     return split
 
 
+def _ray_node() -> str:
+    """The Ray node this process runs on, so a run shows which machines did its work."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
+
+
 def record_location(out: Location, index: int) -> Location:
     return out.join(PROGRESS_DIR, f"unit-{index:05d}.json")
 
@@ -187,6 +197,7 @@ def process_unit(stages: Sequence[MapStage], plan: ChainPlan, source: StageInput
         record = UnitRecord(
             index=unit.index, shards={f: w.close() for f, w in writers.items()}, links=counts,
             input_digest=digest.hexdigest(), worker=f"{socket.gethostname()}:{os.getpid()}",
+            node=_ray_node(),
             seconds=time.perf_counter() - started, finished=datetime.now(UTC))
     except BaseException:
         for writer in writers.values():

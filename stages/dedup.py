@@ -1,18 +1,20 @@
 """The duplicate barrier over a dataset: exact, then MinHash, then semantic (SemDeDup).
 
 The decisions themselves (who is a duplicate of whom, which copy survives) are
-scoring/duplicates.py's, shared with question dedup and the datastore; this module feeds them
-a dataset's columns.
+scoring/duplicates.py's, shared with question dedup and the datastore.
 
 Cheap passes first: rows sharing a normalized-text key, then rows whose MinHash signatures
-say their word n-grams overlap, and only the survivors reach SemDeDup, which runs cluster by
-cluster. Clusters are spilled to local Arrow files in one streaming pass and read back one at
-a time, so memory holds one cluster's vectors, never the corpus's. Every decision depends on
+say their word n-grams overlap, both as phases of tasks on the Ray workers
+(stages/lsh_dedup.py, which makes the same decisions without the driver holding a key or a
+signature); only the survivors reach SemDeDup, which runs cluster by cluster. Clusters
+are spilled to local Arrow files in one streaming pass and read back one at a time, so
+memory holds one cluster's vectors, never the corpus's. Every decision depends on
 ids and values only, never on how rows are laid out in shards.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +23,17 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from gristmill.config import FrozenModel
+from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.scoring.duplicates import (
+    Duplicate,
     Duplicates,
     follow_survivors,
     semantic_duplicates,
-    text_duplicates,
 )
+from gristmill.scoring.near_dup import lsh_params
 from gristmill.scoring.semdedup import Survivor
+from gristmill.stages.lsh_dedup import Columns, text_duplicates_on_workers
+from gristmill.storage.fs import Location
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vectors_of
 
@@ -50,6 +55,9 @@ class DedupConfig(FrozenModel):
                             description="Pairwise blocks are at most block_rows^2 floats")
     spill_rows: int = Field(default=65_536, ge=1,
                             description="Rows buffered before clusters spill to disk")
+    partitions: int | None = Field(
+        default=None, ge=1, description="Hash partitions of the exact and MinHash steps on "
+                                        "the workers; None: one per million band records")
 
 
 def _columns(dataset: Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -117,20 +125,43 @@ def semantic_pass(dataset: Dataset, removed: Duplicates, config: DedupConfig,
     return found
 
 
+def signature_width(dataset: Dataset, column: str) -> int:
+    """Slots per MinHash signature: the column's fixed list size, else the first row's."""
+    kind = dataset.schema.field(column).type
+    if pa.types.is_fixed_size_list(kind):
+        return kind.list_size
+    for batch in _columns(dataset, [column]):
+        if batch.num_rows:
+            return len(batch.column(0)[0])
+    return 1
+
+
+def text_pass(dataset: Dataset, config: DedupConfig, *, id_column: str, key_column: str,
+              signature_column: str, work: Location, runtime: RuntimeConfig) -> Duplicates:
+    """Exact and MinHash duplicates, decided on the workers (stages/lsh_dedup.py)."""
+    num_perm = signature_width(dataset, signature_column)
+    bands = lsh_params(config.minhash_threshold, num_perm)[0] if config.minhash else 1
+    partitions = config.partitions or max(2, math.ceil(dataset.num_rows * bands / 1_000_000))
+    removed: Duplicates = {}
+    for table in text_duplicates_on_workers(
+            dataset, columns=Columns(id_column, key_column, signature_column),
+            exact=config.exact, minhash=config.minhash, threshold=config.minhash_threshold,
+            num_perm=num_perm, partitions=partitions, work=work, runtime=runtime):
+        for row in table.to_pylist():
+            removed[row["id"]] = Duplicate(row["reason"], row["duplicate_of"], row["score"],
+                                           row["matched"] or "")
+    return removed
+
+
 def duplicate_decisions(dataset: Dataset, config: DedupConfig, *, id_column: str,
-                        vector_column: str) -> Duplicates:
+                        vector_column: str, work: Location,
+                        runtime: RuntimeConfig) -> Duplicates:
     """Every duplicate row (id -> why, and the row kept in its place, chains followed)."""
     removed: Duplicates = {}
     if config.exact or config.minhash:
-        table = pa.Table.from_batches(
-            list(_columns(dataset, [id_column, "exact_key", "minhash"])),
-            schema=pa.schema([dataset.schema.field(c)
-                              for c in (id_column, "exact_key", "minhash")]))
-        removed.update(text_duplicates(
-            table.column(id_column).to_pylist(),
-            table.column("exact_key").to_pylist() if config.exact else None,
-            vectors_of(table.column("minhash")).astype(np.uint64) if config.minhash else None,
-            config.minhash_threshold))
+        removed.update(text_pass(dataset, config, id_column=id_column, key_column="exact_key",
+                                 signature_column="minhash", work=work.join("text"),
+                                 runtime=runtime))
     if config.semantic:
         removed.update(semantic_pass(dataset, removed, config, id_column=id_column,
                                      vector_column=vector_column))

@@ -37,7 +37,7 @@ from gristmill.stages.runner import (
     config_hash,
     progress_bar,
 )
-from gristmill.storage.fs import Location, resolve
+from gristmill.storage.fs import Location, remove_tree, resolve
 from gristmill.storage.manifest import (
     InputRef,
     Lineage,
@@ -73,11 +73,15 @@ class DatasetRef(FrozenModel):
 
 class StepSink:
     """Where a step writes: rows into its output dataset, sub-datasets under its folder
-    (`location`), and advances on the progress bar."""
+    (`location`), scratch files its workers share (`work`: beside the output on the same
+    filesystem, kept by an interrupted run under the same cache key so it can resume,
+    removed after the commit), and advances on the progress bar."""
 
-    def __init__(self, writer: DatasetWriter, progress: Progress, runtime: RuntimeConfig) -> None:
+    def __init__(self, writer: DatasetWriter, progress: Progress, runtime: RuntimeConfig,
+                 work: Location) -> None:
         self.writer = writer
         self.location: Location = writer.out
+        self.work = work
         self.progress = progress
         self.runtime = runtime
         self.rows = 0
@@ -161,7 +165,7 @@ def run_global_step(step: GlobalStep, inputs: Sequence[str], output: str,
                        max_bytes=storage.max_bytes_per_shard, checksum=storage.checksum,
                        overwrite=True) as writer, \
             progress_bar(runtime.progress, "steps") as progress:
-        sink = StepSink(writer, progress, runtime)
+        sink = StepSink(writer, progress, runtime, work_root(out).join(key[:16]))
         summary = step.run(datasets, sink)
         rows_in = sum(d.num_rows for d in datasets)
         stats = StageStats(rows_in=rows_in, rows_out=sink.rows,
@@ -171,4 +175,11 @@ def run_global_step(step: GlobalStep, inputs: Sequence[str], output: str,
             config_hash=config_hash(payload), inputs=refs,
             code_version=step_code_version(type(step)), cache_key=key,
             flow_run_id=flow_run_id, started=started, finished=datetime.now(UTC)))
+    remove_tree(work_root(out))
     return _result(step, output, key, False, manifest, wall)
+
+
+def work_root(out: Location) -> Location:
+    """A step's scratch folder: a sibling of its output, so clearing the output for a new
+    write leaves an interrupted run's finished phases in place."""
+    return Location(out.fs, out.path.rstrip("/") + ".work")

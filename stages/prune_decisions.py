@@ -121,7 +121,8 @@ class PruneDecisions(GlobalStep[DecisionsConfig]):
     def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
         cfg, dataset = self.config, inputs[0]
         removed = duplicate_decisions(dataset, cfg.dedup, id_column=cfg.id_column,
-                                      vector_column=cfg.vector_column)
+                                      vector_column=cfg.vector_column, work=sink.work,
+                                      runtime=sink.runtime)
         pruned, summary = _prototype_cut(dataset, removed, cfg)
         decisions = {**removed, **pruned}
         ordered = sorted(decisions.items())

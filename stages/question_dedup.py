@@ -21,16 +21,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from gristmill.config import FrozenModel
 from gristmill.inference import Embedder, EmbedderConfig
-from gristmill.scoring.duplicates import text_duplicates
+from gristmill.scoring.duplicates import Duplicate
 from gristmill.scoring.near_dup import MinHasher, exact_key, normalize_text, word_ngrams
 from gristmill.sources.catalog import resolve as resolve_source
 from gristmill.stages.base import (
@@ -44,6 +44,7 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
+from gristmill.stages.dedup import DedupConfig, text_pass
 from gristmill.stages.global_step import DatasetRef, GlobalStep, StepSink
 from gristmill.stages.question_columns import QuestionConfig, QuestionStage
 from gristmill.storage.reader import Dataset
@@ -232,20 +233,13 @@ class QuestionDedupSelect(MapStage[QuestionDedupSelectConfig]):
         return Split(split.kept.drop_columns(["duplicate_of"]), split.rejected)
 
 
-def duplicate_drops(ids: list[str], keys: list[str], signatures: np.ndarray,
-                    threshold: float) -> dict[str, list[str]]:
-    """{dropped id: [reason, kept id, detail]} from the shared dedup: exact copies, then
-    MinHash near duplicates among the rest, each pointed at the question its group keeps.
-    The survivor is chosen by id, so the result does not depend on how the data was
-    sharded."""
-    drops: dict[str, list[str]] = {}
-    for row_id, found in text_duplicates(ids, keys, signatures, threshold).items():
-        detail = f"duplicate of {found.duplicate_of}"
-        if found.reason == "near_duplicate":
-            detail = f"jaccard {found.score:.3f} to {found.matched or found.duplicate_of}" + (
-                f", itself a duplicate of {found.duplicate_of}" if found.matched else "")
-        drops[row_id] = [found.reason, found.duplicate_of, detail]
-    return drops
+def drop_entry(found: Duplicate) -> list[str]:
+    """[reason, kept id, detail] of one duplicate question, for the drop list."""
+    detail = f"duplicate of {found.duplicate_of}"
+    if found.reason == "near_duplicate":
+        detail = f"jaccard {found.score:.3f} to {found.matched or found.duplicate_of}" + (
+            f", itself a duplicate of {found.duplicate_of}" if found.matched else "")
+    return [found.reason, found.duplicate_of, detail]
 
 
 DROPS_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
@@ -259,15 +253,6 @@ class QuestionDedupPlanConfig(Decontamination):
 
     near_duplicate_threshold: float = Field(default=0.7, gt=0, le=1,
                                             description="MinHash Jaccard for near duplicates")
-
-
-class Grouping(NamedTuple):
-    """The questions that take part in the grouping: those the select step keeps unless
-    they are duplicates."""
-
-    ids: list[str]
-    keys: list[str]
-    signatures: np.ndarray
 
 
 class QuestionDedupPlan(GlobalStep[QuestionDedupPlanConfig]):
@@ -289,36 +274,40 @@ class QuestionDedupPlan(GlobalStep[QuestionDedupPlanConfig]):
         return DROPS_SCHEMA
 
     def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
-        grouping = self.grouping(inputs[0], sink)
-        drops = duplicate_drops(grouping.ids, grouping.keys, grouping.signatures,
-                                self.config.near_duplicate_threshold)
+        clean = self.clean_rows(inputs[0], sink)
+        dedup = DedupConfig(minhash_threshold=self.config.near_duplicate_threshold,
+                            semantic=False)
+        removed = text_pass(clean, dedup, id_column="id", key_column="dedup_key",
+                            signature_column="minhash", work=sink.work.join("text"),
+                            runtime=sink.runtime)
+        drops = {row_id: drop_entry(found) for row_id, found in removed.items()}
         sink.write(drops_table(drops))
         return {"questions": inputs[0].num_rows,
-                "contaminated": inputs[0].num_rows - len(grouping.ids),
+                "contaminated": inputs[0].num_rows - clean.num_rows,
                 **Counter(reason for reason, _, _ in drops.values())}
 
-    def grouping(self, scored: Dataset, sink: StepSink) -> Grouping:
+    def clean_rows(self, scored: Dataset, sink: StepSink) -> Dataset:
         """The rows the select step will not reject as contaminated (so no `duplicate_of`
-        names a question that step drops)."""
-        ids: list[str] = []
-        keys: list[str] = []
-        rows: list[np.ndarray] = []
-        task = sink.progress.add_task(self.name, total=scored.num_rows)
-        for batch in scored.iter_batches(columns=list(self.NEEDS)):
-            clean = np.array([self.config.contamination(overlap, sim) is None
-                              for overlap, sim in zip(
-                                  batch.column("bench_ngram_overlap").to_pylist(),
-                                  batch.column("bench_embed_sim").to_pylist(), strict=True)],
-                             bool)
-            ids += [i for i, c in zip(batch.column("id").to_pylist(), clean, strict=True) if c]
-            keys += [k for k, c in zip(batch.column("dedup_key").to_pylist(), clean,
-                                       strict=True) if c]
-            flat = batch.column("minhash").flatten().to_numpy(zero_copy_only=False)
-            if batch.num_rows:
-                rows.append(flat.reshape(batch.num_rows, -1)[clean])
-            sink.progress.advance(task, batch.num_rows)
-        signatures = np.concatenate(rows) if rows else np.zeros((0, 1), np.uint64)
-        return Grouping(ids, keys, signatures)
+        names a question that step drops), filtered on the workers into the step's work
+        folder."""
+        from gristmill.runtime import ensure_ray
+        from gristmill.storage.ray_io import read_ray, write_ray
+
+        ensure_ray(sink.runtime.ray)
+        columns = ["id", "dedup_key", "minhash", "bench_ngram_overlap", "bench_embed_sim"]
+        uri = sink.work.join("clean").uri()
+        rows = read_ray(scored, columns=columns, verify=sink.runtime.storage.verify_inputs)
+        write_ray(rows.map_batches(partial(_clean, self.config), batch_format="pyarrow"), uri,
+                  schema=pa.schema([scored.schema.field(c) for c in columns[:3]]),
+                  overwrite=True)
+        return Dataset.open(uri)
+
+
+def _clean(config: QuestionDedupPlanConfig, batch: pa.Table) -> pa.Table:
+    clean = [config.contamination(overlap, sim) is None for overlap, sim in zip(
+        batch.column("bench_ngram_overlap").to_pylist(),
+        batch.column("bench_embed_sim").to_pylist(), strict=True)]
+    return batch.filter(pa.array(clean, pa.bool_())).select(["id", "dedup_key", "minhash"])
 
 
 def drops_table(drops: dict[str, list[str]]) -> pa.Table:

@@ -221,7 +221,8 @@ def _execute(links: list[Link], resources: Resources, plan: ChainPlan, source: S
                                "storage": runtime.storage, "generation": generation},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=_pool_size(name, resources, len(pending))),
+        compute=ray.data.ActorPoolStrategy(size=_pool_size(name, resources, len(pending)),
+                                           max_tasks_in_flight_per_actor=1),
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus or None,
     )
@@ -367,7 +368,8 @@ def _link_stats(records: list[UnitRecord], index: int, reused: int) -> StageStat
         rows_rejected=sum(c.rows_rejected for c in counts),
         reject_reasons=dict(reasons.most_common()), units_total=len(records),
         units_reused=reused, seconds=sum(r.seconds for r in records),
-        units_per_worker=dict(Counter(r.worker for r in records)))
+        units_per_worker=dict(Counter(r.worker for r in records)),
+        units_per_node=dict(Counter(r.node for r in records if r.node)))
 
 
 def _chain_stats(links: list[StageStats]) -> StageStats:

@@ -74,6 +74,8 @@ class StageStats(BaseModel):
     units_per_worker: dict[str, int] = Field(
         default_factory=dict, description="Units each worker (host:pid) ran, so a run shows "
                                           "how widely its work was spread")
+    units_per_node: dict[str, int] = Field(
+        default_factory=dict, description="Units each Ray node ran (a cluster run's spread)")
     tokens: int = Field(default=0, description="Tokens generated or embedded (model stages)")
     seconds: float = Field(default=0.0, description="Worker seconds summed over units")
     gpu_seconds: float = Field(default=0.0, description="GPU worker seconds summed over units")

@@ -13,6 +13,7 @@ import pytest
 
 from gristmill.config import RuntimeConfig
 from gristmill.scoring.chat_prefix import ChatTemplateError, end_of_turn_strings, user_turn_prefix
+from gristmill.scoring.duplicates import text_duplicates
 from gristmill.scoring.near_dup import MinHasher, exact_key
 from gristmill.sources import resolve
 from gristmill.stages.answer_select import AnswerSelect, AnswerSelectConfig
@@ -27,7 +28,7 @@ from gristmill.stages.question_dedup import (
     QuestionDedupScoreConfig,
     QuestionDedupSelect,
     QuestionDedupSelectConfig,
-    duplicate_drops,
+    drop_entry,
 )
 from gristmill.stages.question_difficulty import (
     DifficultyPlan,
@@ -300,13 +301,18 @@ def test_exact_and_near_duplicates_keep_the_first_by_id() -> None:
              "d": "A train leaves at 3 pm at 60 km/h. When does it cover 150 km?"}
     ids = list(texts)
     signatures = MinHasher().signatures([texts[i] for i in ids])
-    drops = duplicate_drops(ids, [exact_key(texts[i]) for i in ids], signatures, 0.6)
+    drops = _drops(ids, [exact_key(texts[i]) for i in ids], signatures)
     assert {row: drop[:2] for row, drop in drops.items()} == {
         "b": ["exact_duplicate", "a"], "c": ["near_duplicate", "a"]}
     assert drops["c"][2].startswith("jaccard ") and drops["c"][2].endswith(" to a")
     shuffled = ids[::-1]
-    assert duplicate_drops(shuffled, [exact_key(texts[i]) for i in shuffled],
-                           MinHasher().signatures([texts[i] for i in shuffled]), 0.6) == drops
+    assert _drops(shuffled, [exact_key(texts[i]) for i in shuffled],
+                  MinHasher().signatures([texts[i] for i in shuffled])) == drops
+
+
+def _drops(ids: list[str], keys: list[str], signatures: np.ndarray) -> dict[str, list[str]]:
+    return {row: drop_entry(found)
+            for row, found in text_duplicates(ids, keys, signatures, 0.6).items()}
 
 
 def _paraphrase(text: str) -> str:
