@@ -6,18 +6,17 @@ scoring/duplicates.py's, shared with question dedup and the datastore.
 Cheap passes first: rows sharing a normalized-text key, then rows whose MinHash signatures
 say their word n-grams overlap, both as phases of tasks on the Ray workers
 (stages/lsh_dedup.py, which makes the same decisions without the driver holding a key or a
-signature); only the survivors reach SemDeDup, which runs cluster by cluster. Clusters
-are spilled to local Arrow files in one streaming pass and read back one at a time, so
-memory holds one cluster's vectors, never the corpus's. Every decision depends on
-ids and values only, never on how rows are laid out in shards.
+signature). Only their survivors reach SemDeDup: each shard's rows are routed by k-means
+cluster to partition files, and one task per partition runs SemDeDup cluster by cluster,
+so the partitions run in parallel and a task holds one partition's vectors, never the
+corpus's. Every decision depends on ids and values only, never on how rows are laid out
+in shards or partitions.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,10 +31,19 @@ from gristmill.scoring.duplicates import (
 )
 from gristmill.scoring.near_dup import lsh_params
 from gristmill.scoring.semdedup import Survivor
-from gristmill.stages.lsh_dedup import Columns, text_duplicates_on_workers
+from gristmill.stages.lsh_dedup import (
+    DECISION_SCHEMA,
+    Columns,
+    ShardRef,
+    shard_refs,
+    text_duplicates_on_workers,
+)
+from gristmill.stages.routed_files import RoutedFiles, run_phase
 from gristmill.storage.fs import Location
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vectors_of
+
+SEMANTIC_ROWS_PER_TASK = 50_000
 
 
 class DedupConfig(FrozenModel):
@@ -53,76 +61,10 @@ class DedupConfig(FrozenModel):
                                         "from its centroid (paper default) or nearest")
     block_rows: int = Field(default=4096, ge=1,
                             description="Pairwise blocks are at most block_rows^2 floats")
-    spill_rows: int = Field(default=65_536, ge=1,
-                            description="Rows buffered before clusters spill to disk")
     partitions: int | None = Field(
-        default=None, ge=1, description="Hash partitions of the exact and MinHash steps on "
-                                        "the workers; None: one per million band records")
-
-
-def _columns(dataset: Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    yield from dataset.iter_batches(columns=columns)
-
-
-class ClusterSpill:
-    """Rows appended by cluster to small Arrow files, read back one cluster at a time."""
-
-    def __init__(self, folder: Path, flush_rows: int) -> None:
-        self.folder = folder
-        self.flush_rows = flush_rows
-        self.buffer: dict[int, list[pa.Table]] = {}
-        self.buffered = 0
-        self.parts: dict[int, int] = {}
-
-    def add(self, table: pa.Table, clusters: np.ndarray) -> None:
-        for cluster in np.unique(clusters).tolist():
-            rows = table.filter(pa.array(clusters == cluster))
-            self.buffer.setdefault(cluster, []).append(rows)
-            self.buffered += rows.num_rows
-        if self.buffered >= self.flush_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        for cluster, tables in self.buffer.items():
-            part = self.parts.get(cluster, 0)
-            path = self.folder / f"cluster-{cluster:07d}-{part:05d}.arrow"
-            table = pa.concat_tables(tables)
-            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink,
-                                                                       table.schema) as writer:
-                writer.write_table(table)
-            self.parts[cluster] = part + 1
-        self.buffer, self.buffered = {}, 0
-
-    def clusters(self) -> Iterator[tuple[int, pa.Table]]:
-        self.flush()
-        for cluster in sorted(self.parts):
-            tables = []
-            for part in range(self.parts[cluster]):
-                path = self.folder / f"cluster-{cluster:07d}-{part:05d}.arrow"
-                with pa.memory_map(str(path)) as source:
-                    tables.append(pa.ipc.open_stream(source).read_all())
-                path.unlink()
-            yield cluster, pa.concat_tables(tables)
-
-
-def semantic_pass(dataset: Dataset, removed: Duplicates, config: DedupConfig,
-                  *, id_column: str, vector_column: str) -> Duplicates:
-    """SemDeDup per cluster over the rows no cheaper pass removed."""
-    found: Duplicates = {}
-    columns = [id_column, "cluster", "centroid_distance", vector_column]
-    with tempfile.TemporaryDirectory(prefix="gristmill-semdedup-") as folder:
-        spill = ClusterSpill(Path(folder), config.spill_rows)
-        for batch in _columns(dataset, columns):
-            table = pa.Table.from_batches([batch])
-            alive = [i not in removed for i in table.column(id_column).to_pylist()]
-            table = table.filter(pa.array(alive, pa.bool_()))
-            spill.add(table, table.column("cluster").to_numpy())
-        for _, table in spill.clusters():
-            found.update(semantic_duplicates(
-                table.column(id_column).to_pylist(), vectors_of(table.column(vector_column)),
-                table.column("centroid_distance").to_numpy(), config.eps,
-                survivor=config.survivor, block_rows=config.block_rows))
-    return found
+        default=None, ge=1, description="Hash partitions of the steps on the workers; None: "
+                                        "one per million MinHash band records, and one per "
+                                        f"{SEMANTIC_ROWS_PER_TASK:,} rows for SemDeDup")
 
 
 def signature_width(dataset: Dataset, column: str) -> int:
@@ -130,27 +72,91 @@ def signature_width(dataset: Dataset, column: str) -> int:
     kind = dataset.schema.field(column).type
     if pa.types.is_fixed_size_list(kind):
         return kind.list_size
-    for batch in _columns(dataset, [column]):
+    for batch in dataset.iter_batches(columns=[column]):
         if batch.num_rows:
             return len(batch.column(0)[0])
     return 1
 
 
+def read_decisions(files: RoutedFiles, partitions: int) -> Duplicates:
+    """Decisions written by tasks into `partitions` routed partitions, keyed by id."""
+    found: Duplicates = {}
+    for partition in range(partitions):
+        for row in files.read(partition).to_pylist():
+            found[row["id"]] = Duplicate(row["reason"], row["duplicate_of"], row["score"],
+                                         row["matched"] or "")
+    return found
+
+
 def text_pass(dataset: Dataset, config: DedupConfig, *, id_column: str, key_column: str,
-              signature_column: str, work: Location, runtime: RuntimeConfig) -> Duplicates:
-    """Exact and MinHash duplicates, decided on the workers (stages/lsh_dedup.py)."""
+              signature_column: str, work: Location, runtime: RuntimeConfig) -> RoutedFiles:
+    """Exact and MinHash duplicates, decided on the workers (stages/lsh_dedup.py): the
+    decisions, routed to the shard of the row each removes."""
     num_perm = signature_width(dataset, signature_column)
     bands = lsh_params(config.minhash_threshold, num_perm)[0] if config.minhash else 1
     partitions = config.partitions or max(2, math.ceil(dataset.num_rows * bands / 1_000_000))
-    removed: Duplicates = {}
-    for table in text_duplicates_on_workers(
-            dataset, columns=Columns(id_column, key_column, signature_column),
-            exact=config.exact, minhash=config.minhash, threshold=config.minhash_threshold,
-            num_perm=num_perm, partitions=partitions, work=work, runtime=runtime):
-        for row in table.to_pylist():
-            removed[row["id"]] = Duplicate(row["reason"], row["duplicate_of"], row["score"],
-                                           row["matched"] or "")
-    return removed
+    return text_duplicates_on_workers(
+        dataset, columns=Columns(id_column, key_column, signature_column),
+        exact=config.exact, minhash=config.minhash, threshold=config.minhash_threshold,
+        num_perm=num_perm, partitions=partitions, work=work, runtime=runtime)
+
+
+def _route_clusters(shard: ShardRef, columns: list[str], removed: RoutedFiles | None,
+                    rows: RoutedFiles, partitions: int) -> dict[str, Any]:
+    """A shard's rows the text pass kept, routed by their cluster."""
+    table = shard.read(columns)
+    if removed is not None:
+        gone = set(removed.read(shard.index).column("id").to_pylist())
+        alive = [row_id not in gone for row_id in table.column(0).to_pylist()]
+        table = table.filter(pa.array(alive, pa.bool_()))
+    table = table.rename_columns(rows.schema.names)
+    clusters = table.column("cluster").to_numpy().astype(np.int64)
+    rows.write(table, clusters % partitions, f"s{shard.index:06d}")
+    return {"rows": table.num_rows}
+
+
+def _semdedup_partition(partition: int, rows: RoutedFiles, config: DedupConfig,
+                        decisions: RoutedFiles) -> dict[str, Any]:
+    """SemDeDup over every cluster routed to this partition, one cluster at a time."""
+    table = rows.read(partition).sort_by([("cluster", "ascending"), ("id", "ascending")])
+    clusters = table.column("cluster").to_numpy()
+    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]]) if len(clusters) else []
+    found: Duplicates = {}
+    for start, end in zip(starts, [*starts[1:], len(clusters)], strict=True):
+        cluster = table.slice(start, end - start)
+        found.update(semantic_duplicates(
+            cluster.column("id").to_pylist(), vectors_of(cluster.column("vector")),
+            cluster.column("centroid_distance").to_numpy(), config.eps,
+            survivor=config.survivor, block_rows=config.block_rows))
+    ordered = sorted(found.items())
+    decisions.write(pa.table({
+        "id": [i for i, _ in ordered], "reason": [d.reason for _, d in ordered],
+        "duplicate_of": [d.duplicate_of for _, d in ordered],
+        "score": [d.score for _, d in ordered],
+        "matched": pa.nulls(len(ordered), pa.string())}, schema=DECISION_SCHEMA),
+        np.full(len(ordered), partition, np.int64), "semdedup")
+    return {"clusters": len(starts), "removed": len(ordered)}
+
+
+def semantic_pass(dataset: Dataset, removed: RoutedFiles | None, config: DedupConfig, *,
+                  id_column: str, vector_column: str, work: Location,
+                  runtime: RuntimeConfig) -> Duplicates:
+    """SemDeDup per cluster over the rows the text pass kept, on the workers."""
+    partitions = config.partitions or max(2, math.ceil(dataset.num_rows
+                                                       / SEMANTIC_ROWS_PER_TASK))
+    vector = dataset.schema.field(vector_column)
+    rows = RoutedFiles(work.join("clusters"), pa.schema([
+        ("id", pa.string()), ("cluster", dataset.schema.field("cluster").type),
+        ("centroid_distance", dataset.schema.field("centroid_distance").type),
+        ("vector", vector.type)]))
+    columns = [id_column, "cluster", "centroid_distance", vector_column]
+    run_phase(work, "clusters", _route_clusters,
+              [(s, columns, removed, rows, partitions) for s in shard_refs(dataset, runtime)],
+              runtime)
+    decisions = RoutedFiles(work.join("semantic"), DECISION_SCHEMA)
+    run_phase(work, "semdedup", _semdedup_partition,
+              [(p, rows, config, decisions) for p in range(partitions)], runtime)
+    return read_decisions(decisions, partitions)
 
 
 def duplicate_decisions(dataset: Dataset, config: DedupConfig, *, id_column: str,
@@ -158,11 +164,13 @@ def duplicate_decisions(dataset: Dataset, config: DedupConfig, *, id_column: str
                         runtime: RuntimeConfig) -> Duplicates:
     """Every duplicate row (id -> why, and the row kept in its place, chains followed)."""
     removed: Duplicates = {}
+    text = None
     if config.exact or config.minhash:
-        removed.update(text_pass(dataset, config, id_column=id_column, key_column="exact_key",
-                                 signature_column="minhash", work=work.join("text"),
-                                 runtime=runtime))
+        text = text_pass(dataset, config, id_column=id_column, key_column="exact_key",
+                         signature_column="minhash", work=work.join("text"), runtime=runtime)
+        removed.update(read_decisions(text, len(dataset.shards)))
     if config.semantic:
-        removed.update(semantic_pass(dataset, removed, config, id_column=id_column,
-                                     vector_column=vector_column))
+        removed.update(semantic_pass(dataset, text, config, id_column=id_column,
+                                     vector_column=vector_column, work=work.join("semantic"),
+                                     runtime=runtime))
     return follow_survivors(removed)

@@ -25,7 +25,6 @@ the phases that finished.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,7 +42,7 @@ from gristmill.scoring.near_dup import (
 )
 from gristmill.stages.base import StageInputError
 from gristmill.stages.routed_files import RoutedFiles, partition_of, run_phase
-from gristmill.storage.fs import Location, remove_tree
+from gristmill.storage.fs import Location
 from gristmill.storage.manifest import ShardInfo
 from gristmill.storage.reader import Dataset, read_shard_file
 
@@ -352,14 +351,19 @@ def _components(work: Location, edges: RoutedFiles, partitions: int,
     raise RuntimeError("connected components did not converge")
 
 
+def shard_refs(dataset: Dataset, runtime: RuntimeConfig) -> list[ShardRef]:
+    return [ShardRef(i, dataset.shard_location(i), info, dataset.schema,
+                     runtime.storage.verify_inputs) for i, info in enumerate(dataset.shards)]
+
+
 def text_duplicates_on_workers(
     dataset: Dataset, *, columns: Columns, exact: bool, minhash: bool, threshold: float,
     num_perm: int, partitions: int, work: Location, runtime: RuntimeConfig,
-) -> Iterator[pa.Table]:
-    """Every removed row's decision (DECISION_SCHEMA), one table per input shard; see the
-    module docstring. The work files are removed once the last table is handed over."""
-    shards = [ShardRef(i, dataset.shard_location(i), info, dataset.schema,
-                       runtime.storage.verify_inputs) for i, info in enumerate(dataset.shards)]
+) -> RoutedFiles:
+    """Every removed row's decision (DECISION_SCHEMA), routed to the shard that holds the
+    row: partition i of the result is shard i's (see the module docstring). The files stay
+    under `work` for the caller to read."""
+    shards = shard_refs(dataset, runtime)
     ids = RoutedFiles(work.join("ids"), _IDS)
     keys = RoutedFiles(work.join("keys"), _KEYS) if exact else None
     exact_removed = RoutedFiles(work.join("exact-by-row"), _REMOVED) if exact else None
@@ -391,6 +395,4 @@ def text_duplicates_on_workers(
     decisions = RoutedFiles(work.join("decisions"), DECISION_SCHEMA)
     run_phase(work, "decisions", _decisions, [
         (s, columns, num_perm, scored, exact_by_survivor, decisions) for s in shards], runtime)
-    for shard in shards:
-        yield decisions.read(shard.index)
-    remove_tree(work)
+    return decisions

@@ -44,7 +44,7 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
-from gristmill.stages.dedup import DedupConfig, text_pass
+from gristmill.stages.dedup import DedupConfig, read_decisions, text_pass
 from gristmill.stages.global_step import DatasetRef, GlobalStep, StepSink
 from gristmill.stages.question_columns import QuestionConfig, QuestionStage
 from gristmill.storage.reader import Dataset
@@ -277,9 +277,10 @@ class QuestionDedupPlan(GlobalStep[QuestionDedupPlanConfig]):
         clean = self.clean_rows(inputs[0], sink)
         dedup = DedupConfig(minhash_threshold=self.config.near_duplicate_threshold,
                             semantic=False)
-        removed = text_pass(clean, dedup, id_column="id", key_column="dedup_key",
+        decided = text_pass(clean, dedup, id_column="id", key_column="dedup_key",
                             signature_column="minhash", work=sink.work.join("text"),
                             runtime=sink.runtime)
+        removed = read_decisions(decided, len(clean.shards))
         drops = {row_id: drop_entry(found) for row_id, found in removed.items()}
         sink.write(drops_table(drops))
         return {"questions": inputs[0].num_rows,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
+from gristmill.config import RuntimeConfig
 from gristmill.scoring.duplicates import (
     Duplicate,
     exact_duplicates,
     follow_survivors,
     minhash_duplicates,
+    semantic_duplicates,
 )
 from gristmill.scoring.pruning import (
     assign,
@@ -23,8 +26,9 @@ from gristmill.scoring.pruning import (
 )
 from gristmill.scoring.semdedup import semdedup
 from gristmill.stages.dedup import DedupConfig, semantic_pass
+from gristmill.storage.fs import resolve
 from gristmill.storage.reader import Dataset
-from gristmill.storage.vectors import vector_array
+from gristmill.storage.vectors import vector_array, vectors_of
 from gristmill.storage.writer import write_table
 
 
@@ -174,13 +178,26 @@ def scored_dataset(uri: str, order: np.ndarray, shard_rows: int) -> Dataset:
     return Dataset.open(uri)
 
 
-def test_semantic_decisions_do_not_depend_on_shard_layout(tmp_path) -> None:
-    config = DedupConfig(eps=0.01, spill_rows=7, block_rows=5)
+@pytest.mark.usefixtures("ray_local")
+def test_semantic_decisions_on_workers_do_not_depend_on_layout(tmp_path) -> None:
+    """Shards and partitions change where clusters are deduplicated, never the result,
+    which is SemDeDup's run on each whole cluster."""
     identity = np.arange(45)
     shuffled = np.random.default_rng(1).permutation(45)
-    first = semantic_pass(scored_dataset(str(tmp_path / "a"), identity, 45), {}, config,
-                          id_column="id", vector_column="embedding")
-    second = semantic_pass(scored_dataset(str(tmp_path / "b"), shuffled, 4), {}, config,
-                           id_column="id", vector_column="embedding")
-    assert first == second
-    assert len(first) > 0
+    runs = []
+    for name, order, shard_rows, partitions in (("a", identity, 45, 1), ("b", shuffled, 4, 3)):
+        config = DedupConfig(eps=0.01, block_rows=5, partitions=partitions)
+        dataset = scored_dataset(str(tmp_path / name), order, shard_rows)
+        runs.append(semantic_pass(dataset, None, config, id_column="id",
+                                  vector_column="embedding",
+                                  work=resolve(str(tmp_path / f"work-{name}")),
+                                  runtime=RuntimeConfig(progress=False)))
+    table = Dataset.open(str(tmp_path / "a")).to_table()
+    expected = {}
+    for cluster in range(3):
+        rows = table.filter(pc.equal(table.column("cluster"), cluster))
+        expected.update(semantic_duplicates(
+            rows.column("id").to_pylist(), vectors_of(rows.column("embedding")),
+            rows.column("centroid_distance").to_numpy(), 0.01, block_rows=5))
+    assert runs[0] == runs[1] == expected
+    assert len(expected) > 0
