@@ -27,14 +27,11 @@ order. Peers live in their own virtualenvs under the scratch folder, created on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import shutil
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -44,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_average, write_json
 from debian_corpus import write_corpus
+from peer_runs import TreeRss, spread, venv_python
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / ".gristmill" / "bench" / "pipeline_vs_peers"
@@ -67,17 +65,7 @@ def language_model() -> Path:
 
 
 def peer_python(peer: str) -> Path:
-    """The peer's own virtualenv, created and installed on first use."""
-    venv = SCRATCH / "venvs" / peer
-    python = venv / "bin" / "python"
-    marker = venv / "installed.txt"
-    requirement = PEERS[peer]["requirement"]
-    if not marker.exists() or marker.read_text() != requirement:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirement.split()],
-                       check=True)
-        marker.write_text(requirement)
-    return python
+    return venv_python(SCRATCH / "venvs" / peer, PEERS[peer]["requirement"])
 
 
 def command(tool: str, corpus: Path, out: Path, workers: int, rules: str) -> list[str]:
@@ -87,42 +75,6 @@ def command(tool: str, corpus: Path, out: Path, workers: int, rules: str) -> lis
     if tool == "gristmill":
         return [sys.executable, str(ROOT / "bench" / "peers" / "gristmill_filters.py"), *args]
     return [str(peer_python(tool)), str(ROOT / "bench" / PEERS[tool]["script"]), *args]
-
-
-class TreeRss:
-    """Peak RSS summed over a process and all its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.root = psutil.Process(pid)
-        self.interval, self.peak = interval, 0
-        self.at_peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        """Sum the tree; at a new peak, keep what each kind of process held (by name)."""
-        held: dict[str, int] = {}
-        with contextlib.suppress(psutil.Error):
-            for process in [self.root, *self.root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    name = process.name()
-                    held[name] = held.get(name, 0) + process.memory_info().rss
-        total = sum(held.values())
-        if total > self.peak:
-            self.peak, self.at_peak = total, held
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
-
-    def __enter__(self) -> TreeRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_tool(tool: str, corpus: Path, workers: int, rules: str) -> dict:
@@ -155,10 +107,6 @@ def baseline_corpus(corpus: Path) -> Path:
             lines = list(itertools.islice(source, BASELINE_DOCUMENTS))
         (small / "part-000.jsonl").write_text("".join(lines))
     return small
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def summarize(runs: list[dict], sizes: dict[int, dict], baselines: dict[str, int]) -> dict:

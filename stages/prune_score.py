@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from gristmill.scoring.near_dup import MinHasher, exact_key
+from gristmill.scoring.near_dup import MinHasher
 from gristmill.scoring.pruning import (
     assign,
 )
@@ -23,6 +23,7 @@ from gristmill.stages.base import (
     require_columns,
 )
 from gristmill.stages.global_step import DatasetRef
+from gristmill.stages.near_dup_keys import near_dup_columns
 from gristmill.storage.vectors import vectors_of
 
 SCORE_COLUMNS = ("cluster", "centroid_distance", "exact_key", "minhash")
@@ -73,13 +74,11 @@ class PruneScore(MapStage[PruneScoreConfig]):
         cfg = self.config
         texts = [t or "" for t in batch.column(cfg.text_column).to_pylist()]
         clusters, distances = assign(vectors_of(batch.column(cfg.vector_column)), self.centroids)
-        signatures = self.hasher.signatures(texts)
+        keys = near_dup_columns(self.hasher, texts)
         kept = batch.drop_columns([c for c in SCORE_COLUMNS if c in batch.column_names])
         schema = self.output_schema(batch.schema)
         kept = (kept.append_column(schema.field("cluster"), pa.array(clusters, pa.int32()))
                 .append_column(schema.field("centroid_distance"), pa.array(distances))
-                .append_column(schema.field("exact_key"),
-                               pa.array([exact_key(t) for t in texts], pa.string()))
-                .append_column(schema.field("minhash"), pa.FixedSizeListArray.from_arrays(
-                    pa.array(signatures.ravel(), pa.uint64()), cfg.num_perm)))
+                .append_column(schema.field("exact_key"), keys["exact_key"])
+                .append_column(schema.field("minhash"), keys["minhash"]))
         return Split(kept, attach_reasons(batch.slice(0, 0), [], [], self.name))

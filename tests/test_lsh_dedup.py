@@ -17,13 +17,16 @@ from gristmill.config import RuntimeConfig
 from gristmill.scoring.duplicates import RepeatedIdError, text_duplicates
 from gristmill.scoring.near_dup import MinHasher, connected_min_labels, exact_key
 from gristmill.sources.catalog import resolve as resolve_source
+from gristmill.stages.base import DatasetInput
 from gristmill.stages.lsh_dedup import (
     _EDGES,
     Columns,
     _components,
     text_duplicates_on_workers,
 )
+from gristmill.stages.near_dup_keys import NearDupKeys, NearDupKeysConfig
 from gristmill.stages.routed_files import RoutedFiles, partition_of
+from gristmill.stages.runner import run_stage
 from gristmill.storage.fs import resolve
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
@@ -171,3 +174,21 @@ def test_star_rounds_find_every_component_and_its_smallest_id(
         np.int64).reshape(-1, 2))
     expected = {order[i]: order[label] for i, label in enumerate(labels) if label != i}
     assert leader == expected
+
+
+def test_near_dup_keys_then_workers_drop_the_planted_copies(tmp_path: Path) -> None:
+    """The near_dup_keys stage gives the dedup steps their columns: exact copies (case and
+    punctuation changed) and one-word edits are dropped, each pointing at its original."""
+    path = resolve_source("brown").files[0]
+    originals = [" ".join(json.loads(line)["text"].split()[:120])
+                 for line in path.read_text().splitlines()[:40]]
+    texts = [*originals, originals[3].upper(), originals[7] + " zebra"]
+    ids = [f"r{i:02d}" for i in range(len(texts))]
+    write_table(str(tmp_path / "rows"), pa.table({"id": ids, "text": texts}), max_rows=9)
+    keyed = run_stage(NearDupKeys, NearDupKeysConfig(), DatasetInput(str(tmp_path / "rows")),
+                      str(tmp_path / "keyed"), RUNTIME)
+    assert keyed.stats.rows_out == len(texts) and keyed.stats.rows_rejected == 0
+    dataset = Dataset.open(keyed.output)
+    found = on_workers(dataset, tmp_path / "work")
+    assert {row: (reason, kept) for row, (reason, kept, *_) in found.items()} == {
+        "r40": ("exact_duplicate", "r03"), "r41": ("near_duplicate", "r07")}
