@@ -44,6 +44,8 @@ from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vectors_of
 
 SEMANTIC_ROWS_PER_TASK = 50_000
+BAND_RECORDS_PER_TASK = 250_000
+"""About 150 MB of band records (a 512-byte signature each) per edges task."""
 
 
 class DedupConfig(FrozenModel):
@@ -63,7 +65,7 @@ class DedupConfig(FrozenModel):
                             description="Pairwise blocks are at most block_rows^2 floats")
     partitions: int | None = Field(
         default=None, ge=1, description="Hash partitions of the steps on the workers; None: "
-                                        "one per million MinHash band records, and one per "
+                                        f"one per {BAND_RECORDS_PER_TASK:,} MinHash band records, and one per "
                                         f"{SEMANTIC_ROWS_PER_TASK:,} rows for SemDeDup")
 
 
@@ -94,7 +96,8 @@ def text_pass(dataset: Dataset, config: DedupConfig, *, id_column: str, key_colu
     decisions, routed to the shard of the row each removes."""
     num_perm = signature_width(dataset, signature_column)
     bands = lsh_params(config.minhash_threshold, num_perm)[0] if config.minhash else 1
-    partitions = config.partitions or max(2, math.ceil(dataset.num_rows * bands / 1_000_000))
+    partitions = config.partitions or max(2, math.ceil(dataset.num_rows * bands
+                                                       / BAND_RECORDS_PER_TASK))
     return text_duplicates_on_workers(
         dataset, columns=Columns(id_column, key_column, signature_column),
         exact=config.exact, minhash=config.minhash, threshold=config.minhash_threshold,

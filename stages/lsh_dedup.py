@@ -49,7 +49,8 @@ from gristmill.storage.reader import Dataset, read_shard_file
 ROW_BITS = np.int64(32)
 ROW_MASK = np.int64(0xFFFFFFFF)
 EMPTY_SLOT_32 = np.uint64(0xFFFFFFFF)
-"""An empty text's signature slots (uint64 max) stored in 32 bits; real slots are < 2**32 - 2."""
+"""An empty text's signature slots (uint64 max) stored in 32 bits: signatures are 32-bit
+minima, so a real slot reaches this value only if every one of its hashes does."""
 
 DECISION_SCHEMA = pa.schema([
     pa.field("id", pa.string()), pa.field("reason", pa.string()),
