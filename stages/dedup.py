@@ -64,9 +64,10 @@ class DedupConfig(FrozenModel):
     block_rows: int = Field(default=4096, ge=1,
                             description="Pairwise blocks are at most block_rows^2 floats")
     partitions: int | None = Field(
-        default=None, ge=1, description="Hash partitions of the steps on the workers; None: "
-                                        f"one per {BAND_RECORDS_PER_TASK:,} MinHash band records, and one per "
-                                        f"{SEMANTIC_ROWS_PER_TASK:,} rows for SemDeDup")
+        default=None, ge=1,
+        description=f"Hash partitions of the steps on the workers; None: one per "
+                    f"{BAND_RECORDS_PER_TASK:,} MinHash band records, and one per "
+                    f"{SEMANTIC_ROWS_PER_TASK:,} rows for SemDeDup")
 
 
 def signature_width(dataset: Dataset, column: str) -> int:
