@@ -82,8 +82,9 @@ def run_tool(tool: str, corpus: Path, workers: int, rules: str) -> dict:
     out = SCRATCH / "out" / tool
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    argv = command(tool, corpus, out, workers, rules)
     start = time.perf_counter()
-    child = subprocess.Popen(command(tool, corpus, out, workers, rules), stdout=subprocess.DEVNULL,
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
     with TreeRss(child.pid) as rss:
         _, stderr = child.communicate()
