@@ -50,8 +50,10 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    """A fresh bucket on the test S3 server."""
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    """A fresh bucket on the test S3 server, deleted afterwards: SeaweedFS gives every
+    bucket volumes of its own, and the server has a fixed number."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     s3_server.create_bucket(name)
-    return name
+    yield name
+    s3_server.filesystem().delete_dir(name)

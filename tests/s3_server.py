@@ -60,7 +60,7 @@ class S3Server:
         command = [binary, "server", f"-dir={self.folder}", "-ip=127.0.0.1",
                    "-ip.bind=127.0.0.1", "-s3", f"-s3.port={self.s3_port}",
                    f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                   "-master.volumeSizeLimitMB=64", "-volume.max=16",
+                   "-master.volumeSizeLimitMB=64", "-volume.max=64",
                    *(f"-{flag}={port}" for flag, port in ports.items())]
         log = (self.folder / "weed.log").open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
