@@ -37,7 +37,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -46,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_average, write_json
 from debian_corpus import PACKAGES, unique_documents, unpack
-from peer_runs import TreeRss, spread, venv_python
+from peer_runs import spread, timed_run, venv_python
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / ".gristmill" / "bench" / "dedup_vs_peers"
@@ -147,14 +146,7 @@ def run_tool(tool: str, corpus: Path, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     argv = command(tool, corpus, out, workers)
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    with TreeRss(child.pid) as rss:
-        _, stderr = child.communicate()
-    wall = time.perf_counter() - start
-    if child.returncode != 0:
-        raise RuntimeError(f"{tool} failed on {corpus.name}:\n{stderr[-3000:]}")
+    wall, rss = timed_run(argv, ROOT, f"{tool} on {corpus.name}")
     report = json.loads((out / "report.json").read_text())
     removed = report["removed"] if tool != "gristmill" else gristmill_removed(out)
     shutil.rmtree(out, ignore_errors=True)

@@ -27,6 +27,20 @@ def venv_python(venv: Path, requirement: str) -> Path:
     return python
 
 
+def timed_run(argv: list[str], cwd: Path, label: str) -> tuple[float, TreeRss]:
+    """Run one fresh child process: its wall seconds and its tree's sampled memory; a failed
+    run raises with the tail of its stderr."""
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, cwd=cwd)
+    with TreeRss(child.pid) as rss:
+        _, stderr = child.communicate()
+    wall = time.perf_counter() - start
+    if child.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{stderr[-3000:]}")
+    return wall, rss
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
