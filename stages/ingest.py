@@ -10,6 +10,10 @@ it while keeping their own ids (exact dedup keys on content, every decision keys
 Records that cannot become rows (broken UTF-8, malformed JSON, no text field, text that is
 not a string, empty or oversized text) are rejected with the reason and their raw bytes,
 never dropped.
+
+`promote_fields` copies metadata keys into columns of their own. A promoted Parquet column
+keeps its Parquet type; `column_types` declares a type for any promoted field (JSON values
+are converted to it), and a value that does not convert rejects its row as `wrong_type`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from gristmill.stages.base import MapStage, Split, StageConfig, attach_reasons
-from gristmill.stages.raw_inputs import RAW_SCHEMA
+from gristmill.stages.raw_inputs import FIELDS, RAW_SCHEMA
 
 BASE_COLUMNS = ("id", "text_hash", "text", "source", "meta")
 
@@ -36,6 +40,11 @@ class IngestConfig(StageConfig):
         default_factory=list,
         description="Metadata keys copied into their own string columns (e.g. genre, label)")
 
+    column_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="Arrow type of a promoted field (int64, float64, bool, date32, "
+                    "timestamp[us], ...); undeclared: the Parquet column's type, else string")
+
     @field_validator("promote_fields")
     @classmethod
     def _distinct_and_free(cls, fields: list[str]) -> list[str]:
@@ -44,6 +53,22 @@ class IngestConfig(StageConfig):
             raise ValueError(f"promote_fields must be distinct and avoid {list(BASE_COLUMNS)}; "
                              f"got {fields}")
         return fields
+
+    @field_validator("column_types")
+    @classmethod
+    def _known_types(cls, types: dict[str, str]) -> dict[str, str]:
+        for name, alias in types.items():
+            try:
+                pa.type_for_alias(alias)
+            except ValueError as err:
+                raise ValueError(f"column_types[{name!r}]: {err}") from err
+        return types
+
+    def model_post_init(self, context: Any, /) -> None:
+        undeclared = set(self.column_types) - set(self.promote_fields)
+        if undeclared:
+            raise ValueError(f"column_types names {sorted(undeclared)}, which are not in "
+                             f"promote_fields {self.promote_fields}")
 
 
 def text_hash(text: str) -> str:
@@ -57,9 +82,11 @@ def row_id(record_key: str, text: str) -> str:
     return hashlib.blake2b(f"{record_key}\n{text}".encode(), digest_size=16).hexdigest()
 
 
-def _decode(payload: bytes, kind: str, text_field: str,
-            file_meta: dict[str, Any]) -> tuple[str | None, dict[str, Any], str, str]:
+def _decode(payload: bytes, kind: str, text_field: str, file_meta: dict[str, Any],
+            row: dict[str, Any] | None) -> tuple[str | None, dict[str, Any], str, str]:
     """(text, metadata, reason, detail); reason is '' when the record is good."""
+    if kind == "row":
+        return _fields(dict(row or {}), text_field, file_meta)
     try:
         decoded = payload.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -72,6 +99,12 @@ def _decode(payload: bytes, kind: str, text_field: str,
         return None, {}, "malformed_json", str(err)
     if not isinstance(record, dict):
         return None, {}, "malformed_json", f"a JSON {type(record).__name__}, not an object"
+    return _fields(record, text_field, file_meta)
+
+
+def _fields(record: dict[str, Any], text_field: str,
+            file_meta: dict[str, Any]) -> tuple[str | None, dict[str, Any], str, str]:
+    """The text and the other fields of a JSON object or a Parquet row."""
     if text_field not in record:
         return None, {}, "missing_text", f"no {text_field!r} field (keys: {sorted(record)})"
     text = record.pop(text_field)
@@ -84,36 +117,60 @@ class Ingest(MapStage[IngestConfig]):
     name: ClassVar[str] = "ingest"
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        promoted = [pa.field(name, pa.string()) for name in self.config.promote_fields]
+        promoted = [pa.field(name, self._promoted_type(name, input_schema))
+                    for name in self.config.promote_fields]
         return pa.schema([*(pa.field(name, pa.string()) for name in BASE_COLUMNS), *promoted])
 
+    def _promoted_type(self, name: str, input_schema: pa.Schema) -> pa.DataType:
+        if name in self.config.column_types:
+            return pa.type_for_alias(self.config.column_types[name])
+        if FIELDS in input_schema.names:
+            parquet = input_schema.field(FIELDS).type
+            if parquet.get_field_index(name) >= 0:
+                return parquet.field(name).type
+        return pa.string()
+
     def process(self, batch: pa.Table) -> Split:
+        schema = self.output_schema(batch.schema)
         columns = {name: batch.column(name).to_pylist() for name in RAW_SCHEMA.names}
-        kept: dict[str, list[Any]] = {f.name: [] for f in self.output_schema(RAW_SCHEMA)}
-        dropped, reasons, details = [], [], []
+        rows = (batch.column(FIELDS).to_pylist() if FIELDS in batch.column_names
+                else [None] * batch.num_rows)
+        kept: dict[str, list[Any]] = {name: [] for name in schema.names}
+        kept_at: list[int] = []
+        rejects: dict[int, tuple[str, str]] = {}
         file_metas = {text: json.loads(text) for text in set(columns["file_meta"])}
         for i, payload in enumerate(columns["payload"]):
             file_meta = file_metas[columns["file_meta"][i]]
             text, meta, reason, detail = _decode(payload, columns["payload_kind"][i],
-                                                 columns["text_field"][i], file_meta)
+                                                 columns["text_field"][i], file_meta, rows[i])
             if not reason:
                 reason, detail = self._check_text(text)
             if reason:
-                dropped.append(i)
-                reasons.append(reason)
-                details.append(detail)
+                rejects[i] = (reason, detail)
                 continue
-            source = columns["source"][i]
+            kept_at.append(i)
             kept["id"].append(row_id(columns["record_key"][i], text))
             kept["text_hash"].append(text_hash(text))
             kept["text"].append(text)
-            kept["source"].append(source)
+            kept["source"].append(columns["source"][i])
             kept["meta"].append(json.dumps(meta, sort_keys=True, default=str))
             for name in self.config.promote_fields:
-                kept[name].append(_as_string(meta.get(name)))
-        rejected = attach_reasons(batch.take(pa.array(dropped, pa.int64())), reasons, details,
-                                  self.name)
-        return Split(pa.table(kept, schema=self.output_schema(RAW_SCHEMA)), rejected)
+                kept[name].append(meta.get(name))
+        arrays = {name: pa.array(values, pa.string()) for name, values in kept.items()
+                  if name in BASE_COLUMNS}
+        for name in self.config.promote_fields:
+            arrays[name], bad = _typed(kept[name], schema.field(name).type)
+            rejects.update({kept_at[k]: ("wrong_type", f"{name!r}: {detail}")
+                            for k, detail in bad.items()})
+        good = [k for k, i in enumerate(kept_at) if i not in rejects]
+        table = pa.table([arrays[name] for name in schema.names], schema=schema)
+        if len(good) < len(kept_at):
+            table = table.take(pa.array(good, pa.int64()))
+        order = sorted(rejects)
+        rejected = attach_reasons(batch.take(pa.array(order, pa.int64())),
+                                  [rejects[i][0] for i in order],
+                                  [rejects[i][1] for i in order], self.name)
+        return Split(table, rejected)
 
     def _check_text(self, text: str) -> tuple[str, str]:
         """A UTF-8 character takes at most 4 bytes: only a text that could be too large is
@@ -125,6 +182,37 @@ class Ingest(MapStage[IngestConfig]):
         if not text.strip():
             return "empty_text", "text is empty or whitespace only"
         return "", ""
+
+
+def _typed(values: list[Any], type_: pa.DataType) -> tuple[pa.Array, dict[int, str]]:
+    """`values` as an array of `type_`, and the positions whose value does not convert (each
+    with why), which are null in the array. A string column takes any value (a non-string
+    one as JSON); other types take their own Python values or text Arrow can parse (ISO
+    dates and times from JSON)."""
+    if pa.types.is_string(type_):
+        return pa.array([_as_string(v) for v in values], type_), {}
+    try:
+        return _convert(values, type_), {}
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,
+            ValueError, OverflowError):
+        pass
+    converted: list[Any] = []
+    bad: dict[int, str] = {}
+    for k, value in enumerate(values):
+        try:
+            converted.append(_convert([value], type_)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,
+                ValueError, OverflowError):
+            converted.append(None)
+            bad[k] = f"{value!r} is not {type_}"
+    return pa.array(converted, type_), bad
+
+
+def _convert(values: list[Any], type_: pa.DataType) -> pa.Array:
+    strings = [v for v in values if v is not None]
+    if strings and all(isinstance(v, str) for v in strings):
+        return pa.array(values, pa.string()).cast(type_)
+    return pa.array(values, type_)
 
 
 def _as_string(value: Any) -> str | None:

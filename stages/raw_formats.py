@@ -5,12 +5,12 @@ fsspec knows, such as http://), decompressed by suffix (gzip, zstd, bz2, xz). A 
 may be a part of a file: a byte range of a JSONL file, cut at line ends, or a run of
 Parquet row groups, so one large file keeps every worker busy. Decoding, parsing and
 validation happen in the ingest stage, so a broken record becomes a rejected row with a
-reason instead of an exception while reading.
+reason instead of an exception while reading. Parquet rows are not records of bytes: they
+are read as typed Arrow batches (`parquet_batches`), so their columns keep their types.
 """
 
 from __future__ import annotations
 
-import json
 import lzma
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +24,8 @@ from gristmill.stages.base import Digest
 from gristmill.storage.fs import Location
 
 RawFormat = Literal["jsonl", "parquet", "text", "fortune"]
-PayloadKind = Literal["json", "text"]
+PayloadKind = Literal["json", "text", "row"]
+"""json: a JSON object; text: the text itself; row: a Parquet row, held typed beside it."""
 Compression = Literal["gzip", "zstd", "bz2", "xz"]
 
 EXTENSION_FORMATS: dict[str, RawFormat] = {
@@ -64,8 +65,8 @@ def guess_format(path: str) -> RawFormat:
 
 Record = tuple[int, bytes, PayloadKind]
 """(record key within its file, payload bytes, payload kind). The key is where the record
-starts: the byte offset of the line for JSONL (in the decompressed stream), the row number
-for Parquet, the record number for fortune files and 1 for a text file. With the file's name
+starts: the byte offset of the line for JSONL (in the decompressed stream), the record
+number for fortune files and 1 for a text file (a Parquet row's is its number). With the file's name
 it says where a row came from, and it is part of the row's id, so it must not depend on how
 the file was cut into units."""
 
@@ -86,8 +87,9 @@ def open_stream(loc: Location, compression: Compression | None):
 
 def iter_records(loc: Location, fmt: RawFormat, compression: Compression | None = None,
                  part: Part | None = None, digest: Digest | None = None) -> Iterator[Record]:
-    """Yield every record of one raw file, or of one `part` of it; `digest` is updated with
-    the bytes of every record read, so a unit's content is checksummed as it is read."""
+    """Yield every record of one raw file (not Parquet: see `parquet_batches`), or of one
+    `part` of it; `digest` is updated with the bytes of every record read, so a unit's
+    content is checksummed as it is read."""
     for record in _records(loc, fmt, compression, part):
         if digest is not None:
             digest.update(record[1])
@@ -100,7 +102,7 @@ def _records(loc: Location, fmt: RawFormat, compression: Compression | None,
     if fmt == "jsonl":
         yield from _jsonl_records(loc, compression, part)
     elif fmt == "parquet":
-        yield from _parquet_records(loc, part)
+        raise ValueError("Parquet rows are read as typed batches: use parquet_batches")
     elif part is not None:
         raise ValueError(f"a {fmt} file is read whole; it cannot be split into parts")
     elif fmt == "text":
@@ -189,16 +191,26 @@ def parquet_row_groups(loc: Location) -> list[tuple[int, int]]:
                 for g in range(meta.num_row_groups)]
 
 
-def _parquet_records(loc: Location, part: Part | None) -> Iterator[Record]:
-    """Each Parquet row becomes a JSON object, so it is validated like a JSONL line; rows
-    are numbered across the whole file, whichever row groups this part holds."""
+def parquet_schema(loc: Location) -> pa.Schema:
+    """The file's Arrow schema, from its footer alone."""
+    with loc.fs.open_input_file(loc.path) as handle:
+        return pq.ParquetFile(handle).schema_arrow
+
+
+def parquet_batches(loc: Location, part: Part | None, batch_rows: int,
+                    digest: Digest | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(number of the batch's first row, batch) over one part's row groups. Rows are
+    numbered from 1 across the whole file, whichever row groups this part holds; `digest`
+    takes each batch's Arrow IPC bytes."""
     with loc.fs.open_input_file(loc.path) as handle:
         parquet = pq.ParquetFile(handle)
         groups = range(*part) if part is not None else range(parquet.num_row_groups)
-        row_number = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
+        first_row = 1 + sum(parquet.metadata.row_group(g).num_rows
+                            for g in range(groups.start))
         if not groups:
             return
-        for batch in parquet.iter_batches(row_groups=list(groups)):
-            for row in pa.Table.from_batches([batch]).to_pylist():
-                row_number += 1
-                yield row_number, json.dumps(row, default=str).encode(), "json"
+        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(groups)):
+            if digest is not None:
+                digest.update(batch.serialize())
+            yield first_row, batch
+            first_row += batch.num_rows

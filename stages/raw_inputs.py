@@ -9,6 +9,10 @@ Units: a JSONL file larger than `unit_bytes` becomes byte ranges of that size (e
 reads the lines that start inside its range), a Parquet file runs of row groups of about
 that size; compressed, text and fortune files, and files read for their first
 `max_records`, are one unit each. Resume is per unit, as for any stage.
+
+Parquet rows keep their types: when any input is Parquet, the raw rows gain a `fields`
+struct column typed as the Parquet files' schemas unified (read from their footers on the
+driver), which holds each Parquet row as it was stored (null for the other files' records).
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from gristmill.stages.raw_formats import (
     compression_of,
     guess_format,
     iter_records,
+    parquet_batches,
     parquet_row_groups,
+    parquet_schema,
 )
 from gristmill.storage.fs import Location
 from gristmill.storage.fs import resolve as resolve_uri
@@ -55,6 +61,8 @@ RAW_SCHEMA = pa.schema([
     pa.field("text_field", pa.string()),
     pa.field("file_meta", pa.string()),
 ])
+FIELDS = "fields"
+"""The raw rows' column that holds Parquet rows typed (see the module doc)."""
 
 
 class IngestInputError(ValueError):
@@ -105,6 +113,7 @@ class RawFilesInput:
         self.files = files
         self.unit_bytes = unit_bytes
         self._parts: list[tuple[int, Part | None]] | None = None
+        self._schema: pa.Schema | None = None
 
     @classmethod
     def from_args(cls, sources: list[str], *, fmt: RawFormat | None = None,
@@ -134,22 +143,61 @@ class RawFilesInput:
                 for f in self.files]
 
     def schema(self) -> pa.Schema:
-        return RAW_SCHEMA
+        if self._schema is None:
+            self._schema = _raw_schema([f for f in self.files if f.format == "parquet"])
+        return self._schema
 
     def read_unit(self, unit: WorkUnit, batch_rows: int,
                   digest: Digest | None = None) -> Iterator[pa.Table]:
         file_index, part = self._file_parts()[unit.index]
         raw = self.files[file_index]
         meta = json.dumps(raw.meta, sort_keys=True)
+        fields = self.schema().field(FIELDS).type if FIELDS in self.schema().names else None
+        if raw.format == "parquet":
+            yield from _parquet_tables(raw, part, batch_rows, digest, meta, fields)
+            return
         rows: list[Record] = []
         records = iter_records(resolve_uri(raw.path), raw.format, raw.compression, part, digest)
         for record in islice(records, raw.max_records):
             rows.append(record)
             if len(rows) >= batch_rows:
-                yield _raw_table(rows, raw, meta)
+                yield _raw_table(rows, raw, meta, fields)
                 rows = []
         if rows:
-            yield _raw_table(rows, raw, meta)
+            yield _raw_table(rows, raw, meta, fields)
+
+
+def _raw_schema(parquet_files: list[RawFile]) -> pa.Schema:
+    """RAW_SCHEMA, plus the `fields` struct when some inputs are Parquet."""
+    if not parquet_files:
+        return RAW_SCHEMA
+    schemas = [parquet_schema(resolve_uri(f.path)) for f in parquet_files]
+    try:
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise IngestInputError(f"the Parquet inputs' columns have types that do not agree "
+                               f"({err}): ingest them in separate runs") from err
+    nullable = [pa.field(f.name, f.type) for f in unified]
+    return RAW_SCHEMA.append(pa.field(FIELDS, pa.struct(nullable)))
+
+
+def _parquet_tables(raw: RawFile, part: Part | None, batch_rows: int, digest: Digest | None,
+                    meta: str, fields: pa.StructType) -> Iterator[pa.Table]:
+    """A Parquet part as raw rows: the row number is the key, the row itself goes typed
+    into `fields` (its columns cast to the unified types, absent ones null)."""
+    left = raw.max_records
+    for first_row, batch in parquet_batches(resolve_uri(raw.path), part, batch_rows, digest):
+        if left is not None:
+            batch = batch.slice(0, left)
+            left -= batch.num_rows
+        count = batch.num_rows
+        children = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names
+                    else pa.nulls(count, f.type) for f in fields]
+        rows = [(key, b"", "row") for key in range(first_row, first_row + count)]
+        table = _raw_table(rows, raw, meta, None)
+        yield table.append_column(FIELDS, pa.StructArray.from_arrays(children, fields=list(fields)))
+        if left == 0:
+            return
 
 
 def _split(raw: RawFile, unit_bytes: int) -> list[Part | None]:
@@ -171,16 +219,21 @@ def _split(raw: RawFile, unit_bytes: int) -> list[Part | None]:
     return parts or [None]
 
 
-def _raw_table(rows: list[Record], raw: RawFile, meta: str) -> pa.Table:
+def _raw_table(rows: list[Record], raw: RawFile, meta: str,
+               fields: pa.StructType | None) -> pa.Table:
+    """Records as raw rows; with `fields` (some inputs are Parquet), a null one for each."""
     keys, payloads, kinds = zip(*rows, strict=True)
     count = len(rows)
-    return pa.table([
+    table = pa.table([
         pa.array([f"{raw.path}:{k}" for k in keys], pa.string()),
         pa.array([f"{raw.source}\n{raw.name}\n{k}" for k in keys], pa.string()),
         pa.array(payloads, pa.binary()),
         pa.array(kinds, pa.string()), pa.array([raw.source] * count, pa.string()),
         pa.array([raw.text_field] * count, pa.string()), pa.array([meta] * count, pa.string()),
     ], schema=RAW_SCHEMA)
+    if fields is None:
+        return table
+    return table.append_column(FIELDS, pa.nulls(count, fields))
 
 
 def _expand(arg: str, fmt: RawFormat | None, text_field: str) -> list[RawFile]:

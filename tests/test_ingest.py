@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -209,3 +210,81 @@ def test_max_records_reads_only_the_head_of_each_file_and_changes_the_key(tmp_pa
     rows = [t for unit in head.units() for t in head.read_unit(unit, 2)]
     assert sum(t.num_rows for t in rows) == 3
     assert head.refs() != RawFilesInput.from_args([str(raw)]).refs()
+
+
+def ingest_locally(source: RawFilesInput, config: IngestConfig) -> tuple[pa.Table, pa.Table]:
+    """(kept, rejected) of every unit, through the stage in this process."""
+    stage = Ingest(config)
+    splits = [stage.process(t) for u in source.units() for t in source.read_unit(u, 3)]
+    return (pa.concat_tables([s.kept for s in splits]),
+            pa.concat_tables([s.rejected for s in splits]))
+
+
+def test_promoted_parquet_columns_keep_their_parquet_types(tmp_path: Path) -> None:
+    stamps = [datetime(2024, 1, 1, 12, 30, tzinfo=UTC), None, datetime(1999, 12, 31, tzinfo=UTC)]
+    stored = pa.table({
+        "text": ["first row", "second row", "third row"],
+        "score": pa.array([0.25, None, 1e-9], pa.float64()),
+        "year": pa.array([2024, 2023, 1999], pa.int16()),
+        "seen": pa.array(stamps, pa.timestamp("ms", tz="UTC")),
+        "tags": pa.array([["a", "b"], [], None], pa.list_(pa.string())),
+        "blob": pa.array([b"\x00\xff", b"", None], pa.binary()),
+    })
+    pq.write_table(stored, tmp_path / "rows.parquet", row_group_size=2)
+    promoted = ["score", "year", "seen", "tags", "blob"]
+    kept, rejected = ingest_locally(RawFilesInput.from_args([str(tmp_path / "rows.parquet")],
+                                                           unit_bytes=1),
+                                    IngestConfig(promote_fields=promoted))
+    assert rejected.num_rows == 0
+    assert kept.column("text").to_pylist() == ["first row", "second row", "third row"]
+    for name in promoted:
+        assert kept.schema.field(name).type == stored.schema.field(name).type
+        assert kept.column(name).to_pylist() == stored.column(name).to_pylist()
+    assert json.loads(kept.column("meta")[0].as_py())["year"] == 2024
+
+
+def test_parquet_files_with_different_columns_unify_and_a_conflict_is_refused(
+        tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": ["a"], "n": pa.array([1], pa.int32())}),
+                   tmp_path / "a.parquet")
+    pq.write_table(pa.table({"text": ["b"], "n": pa.array([2**40], pa.int64()),
+                             "lang": ["en"]}), tmp_path / "b.parquet")
+    (tmp_path / "c.jsonl").write_text('{"text": "c", "n": 3}\n')
+    kept, _ = ingest_locally(RawFilesInput.from_args([str(tmp_path)]),
+                             IngestConfig(promote_fields=["n", "lang"]))
+    assert kept.schema.field("n").type == pa.int64()
+    assert sorted(zip(kept.column("text").to_pylist(), kept.column("n").to_pylist(),
+                      kept.column("lang").to_pylist(), strict=True)) == [
+        ("a", 1, None), ("b", 2**40, "en"), ("c", 3, None)]
+    pq.write_table(pa.table({"text": ["d"], "n": ["three"]}), tmp_path / "d.parquet")
+    with pytest.raises(IngestInputError, match="types that do not agree"):
+        RawFilesInput.from_args([str(tmp_path)]).schema()
+
+
+def test_declared_column_types_convert_json_values_and_reject_what_does_not_convert(
+        tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text(
+        '{"text": "one", "score": 0.5, "day": "2024-02-29"}\n'
+        '{"text": "two", "score": "high", "day": "2024-03-01"}\n'
+        '{"text": "three", "score": 7, "day": "not a date"}\n'
+        '{"text": "four", "score": null, "day": null}\n')
+    source = RawFilesInput.from_args([str(tmp_path / "rows.jsonl")])
+    config = IngestConfig(promote_fields=["score", "day"],
+                          column_types={"score": "float64", "day": "date32"})
+    kept, rejected = ingest_locally(source, config)
+    assert kept.schema.field("score").type == pa.float64()
+    assert kept.schema.field("day").type == pa.date32()
+    assert kept.column("text").to_pylist() == ["one", "four"]
+    assert kept.column("score").to_pylist() == [0.5, None]
+    assert kept.column("day").to_pylist() == [date(2024, 2, 29), None]
+    assert rejected.column("reject_reason").to_pylist() == ["wrong_type", "wrong_type"]
+    details = rejected.column("reject_detail").to_pylist()
+    assert "'score'" in details[0] and "'high'" in details[0]
+    assert "'day'" in details[1] and "not a date" in details[1]
+
+
+def test_column_types_must_name_promoted_fields_and_known_types() -> None:
+    with pytest.raises(ValueError, match="not in promote_fields"):
+        IngestConfig(column_types={"score": "float64"})
+    with pytest.raises(ValueError, match="column_types"):
+        IngestConfig(promote_fields=["score"], column_types={"score": "floaty"})

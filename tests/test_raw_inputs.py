@@ -102,6 +102,9 @@ def test_parquet_is_cut_by_row_groups_and_rows_are_numbered_across_the_file(
     assert len(split.units()) == 10 and len(whole.units()) == 1
     assert records_of(split) == records_of(whole)
     assert [key for key, _ in records_of(split)] == list(range(1, 1001))
+    rows = [row for unit in split.units() for t in split.read_unit(unit, 64)
+            for row in t.column("fields").to_pylist()]
+    assert rows == table.to_pylist()
 
 
 def test_a_uri_glob_that_matches_nothing_is_a_clear_error() -> None:
