@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gristmill.scoring.near_dup import jaccard, near_duplicate_groups
+from gristmill.scoring.near_dup import jaccard, leader_verified_groups, near_duplicate_pairs
 from gristmill.scoring.pruning import tiebreak_keys
 from gristmill.scoring.semdedup import Survivor, semdedup
 
@@ -82,11 +82,14 @@ def exact_duplicates(ids: Sequence[str], keys: Sequence[str],
 
 def minhash_duplicates(ids: Sequence[str], signatures: np.ndarray, threshold: float,
                        rank: Sequence[Any] | None = None) -> Duplicates:
-    """MinHash LSH groups (estimated Jaccard >= threshold, joined transitively); the first in
-    survivor order stays."""
+    """MinHash LSH groups: the first in survivor order stays, and a row is removed as its
+    duplicate only at estimated Jaccard >= threshold to it (`leader_verified_groups`)."""
     order = survivor_order(ids, rank)
     ordered = np.asarray(signatures)[order]
-    groups = near_duplicate_groups(ordered, threshold) if len(order) else np.zeros(0, np.int64)
+    groups = np.zeros(0, np.int64)
+    if len(order):
+        pairs = near_duplicate_pairs(ordered, threshold)
+        groups = leader_verified_groups(ordered, pairs, threshold)
     found: Duplicates = {}
     for position in np.flatnonzero(groups != np.arange(len(groups))).tolist():
         leader = int(groups[position])

@@ -231,19 +231,17 @@ def connected_min_labels(n: int, pairs: np.ndarray) -> np.ndarray:
         np.minimum.at(labels, root_right, low)
 
 
-def near_duplicate_groups(signatures: np.ndarray, threshold: float,
-                          bands: int | None = None, rows: int | None = None) -> np.ndarray:
-    """Group id per row: the smallest row index of its near-duplicate group.
+def near_duplicate_pairs(signatures: np.ndarray, threshold: float,
+                         bands: int | None = None, rows: int | None = None) -> np.ndarray:
+    """Verified near-duplicate pairs (row, row).
 
     Rows colliding in any LSH band are candidates; a candidate pair is kept when its
-    estimated Jaccard is >= threshold; kept pairs are joined transitively. Buckets of up to
-    64 rows verify every pair, so the partition does not depend on row order; a larger bucket
-    (many copies of one text) compares each row, in row order, with the bucket's leaders so
-    it stays linear. Callers wanting full order independence pass rows in a canonical order
-    (e.g. sorted by id).
+    estimated Jaccard is >= threshold. Buckets of up to 64 rows verify every pair, so the
+    pairs do not depend on row order; a larger bucket (many copies of one text) compares each
+    row, in row order, with the bucket's leaders so it stays linear.
     """
     signatures = np.asarray(signatures, np.uint64)
-    n, num_perm = signatures.shape
+    num_perm = signatures.shape[1]
     if bands is None or rows is None:
         bands, rows = lsh_params(threshold, num_perm)
     if bands * rows > num_perm:
@@ -264,4 +262,36 @@ def near_duplicate_groups(signatures: np.ndarray, threshold: float,
         keep[lo:lo + len(chunk)] = jaccard(signatures[chunk[:, 0]],
                                            signatures[chunk[:, 1]]) >= threshold
     verified.append(candidates[keep])
-    return connected_min_labels(n, np.concatenate(verified))
+    return np.concatenate(verified)
+
+
+def near_duplicate_groups(signatures: np.ndarray, threshold: float,
+                          bands: int | None = None, rows: int | None = None) -> np.ndarray:
+    """Group id per row: the smallest row index of its connected component of verified
+    pairs (joined transitively, so a chain's ends may be far apart)."""
+    pairs = near_duplicate_pairs(signatures, threshold, bands, rows)
+    return connected_min_labels(len(signatures), pairs)
+
+
+def leader_verified_groups(signatures: np.ndarray, pairs: np.ndarray,
+                           threshold: float) -> np.ndarray:
+    """Group id per row, where a row joins its component's leader (smallest index) only if
+    its own estimated Jaccard to that leader reaches the threshold.
+
+    A chain of overlapping texts is one connected component whose ends can be unalike;
+    grouping transitively would remove them as copies of each other. Here each round takes
+    the components of the pairs among undecided rows: the leaders stay, the members that
+    match their leader join it, and the rest are grouped again among themselves (only pairs
+    with both ends undecided) until no pair is left. Every round settles each component's
+    leader, so it ends."""
+    n = len(signatures)
+    labels = np.arange(n, dtype=np.int64)
+    while len(pairs):
+        components = connected_min_labels(n, pairs)
+        members = np.flatnonzero(components != np.arange(n))
+        joined = jaccard(signatures[members], signatures[components[members]]) >= threshold
+        labels[members[joined]] = components[members[joined]]
+        undecided = np.zeros(n, bool)
+        undecided[members[~joined]] = True
+        pairs = pairs[undecided[pairs[:, 0]] & undecided[pairs[:, 1]]]
+    return labels

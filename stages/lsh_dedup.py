@@ -13,10 +13,14 @@ where the rows are, so the driver never holds a key, a signature or an id:
    estimated Jaccard reaches the threshold is an edge (a bucket of more than 64 rows
    compares each row, in id order, with the bucket's leaders, as in memory).
 5. components: large-star and small-star rounds (Kiveris et al., 2014) until every
-   component is a star around its smallest id, which is the row the group keeps.
-6. leaders, signatures, decisions: a removed row's survivor's signature travels to the
-   survivor's shard and back, to score the pair; an exact copy whose survivor was itself a
-   near duplicate follows it to the final survivor.
+   component is a star around its smallest id, its leader.
+6. leaders, signatures, verify: each member's leader's signature travels to the leader's
+   shard and back, to score the pair; a member that reaches the threshold is removed as the
+   leader's near duplicate. The others are grouped again among themselves (the edges with
+   both ends undecided, filtered in two phases) until no edge is left, as
+   scoring/near_dup.leader_verified_groups does in memory.
+7. decisions: per shard, the near duplicates found and the exact copies; an exact copy whose
+   survivor was itself a near duplicate follows it to the final survivor.
 
 A row's place is its (shard, row) packed in an int64, so anything about a row can be sent
 to its shard without a lookup. Work files go under `work` (routed_files.py): a rerun skips
@@ -70,6 +74,9 @@ _LEADERS = pa.schema([("id", pa.string()), ("place", pa.int64()),
 def _bands_schema(num_perm: int) -> pa.Schema:
     return pa.schema([("band", pa.int32()), ("bucket", pa.uint64()), ("id", pa.string()),
                       ("place", pa.int64()), ("signature", pa.binary(4 * num_perm))])
+
+
+_NEAR = pa.schema([("id", pa.string()), ("leader", pa.string()), ("score", pa.float64())])
 
 
 def _scored_schema(num_perm: int) -> pa.Schema:
@@ -306,43 +313,80 @@ def _leader_signatures(shard: ShardRef, columns: Columns, num_perm: int, leaders
     return {"rows": rows.num_rows}
 
 
-def _decisions(shard: ShardRef, columns: Columns, num_perm: int, scored: RoutedFiles | None,
-               exact_by_survivor: RoutedFiles | None, decisions: RoutedFiles) -> dict[str, Any]:
+def _verify(shard: ShardRef, columns: Columns, num_perm: int, threshold: float,
+            scored: RoutedFiles, near: RoutedFiles, undecided: RoutedFiles, task: str,
+            partitions: int) -> dict[str, Any]:
+    """Score this shard's members against their leaders: a match is a near duplicate, the
+    rest are undecided (routed by id, to filter the next round's edges)."""
+    found = scored.read(shard.index)
+    if found.num_rows == 0:
+        return {"joined": 0, "undecided": 0}
+    signatures = signatures_of(shard.read([columns.signature]).column(0), num_perm)
+    own = np.minimum(signatures[_row_of(found.column("place"))], EMPTY_SLOT_32).astype(np.uint32)
+    scores = np.atleast_1d(jaccard(own, _unpacked(found.column("leader_signature"), num_perm)))
+    joined = scores >= threshold
+    rows = pa.table({"id": found.column("id"), "leader": found.column("leader"),
+                     "score": scores})
+    matches = rows.filter(pa.array(joined))
+    near.write(matches, np.full(matches.num_rows, shard.index, np.int64), task)
+    rest = rows.filter(pa.array(~joined)).select(["id"])
+    undecided.write(rest, partition_of(rest.column("id").to_pylist(), partitions), task)
+    return {"joined": matches.num_rows, "undecided": rest.num_rows}
+
+
+def _open_from(partition: int, edges: RoutedFiles, undecided: RoutedFiles,
+               out: RoutedFiles, task: str, partitions: int, both_ways: bool) -> dict[str, Any]:
+    """Keep the edges (routed by u) whose u is undecided. First pass: send each reversed, so
+    the second pass, over the partition of the other end, checks that end (and sends the
+    edges it keeps both ways, ready for the next round's components)."""
+    table = edges.read(partition)
+    open_ids = set(undecided.read(partition).column("id").to_pylist())
+    keep = pa.array([u in open_ids for u in table.column("u").to_pylist()], pa.bool_())
+    kept = table.filter(keep)
+    u, u_place = kept.column("u").combine_chunks(), kept.column("u_place").combine_chunks()
+    v, v_place = kept.column("v").combine_chunks(), kept.column("v_place").combine_chunks()
+    if both_ways:
+        routed = _both_ways(u, u_place, v, v_place)
+    else:
+        routed = pa.table({"u": v, "u_place": v_place, "v": u, "v_place": u_place},
+                          schema=_EDGES)
+    out.write(routed, partition_of(routed.column("u").to_pylist(), partitions), task)
+    return {"edges": kept.num_rows}
+
+
+def _decisions(shard: ShardRef, near: RoutedFiles | None, exact_by_survivor: RoutedFiles | None,
+               decisions: RoutedFiles) -> dict[str, Any]:
     parts = []
-    near: dict[str, str] = {}
-    if scored is not None:
-        found = scored.read(shard.index)
-        if found.num_rows:
-            signatures = signatures_of(shard.read([columns.signature]).column(0), num_perm)
-            own = np.minimum(signatures[_row_of(found.column("place"))],
-                             EMPTY_SLOT_32).astype(np.uint32)
-            scores = jaccard(own, _unpacked(found.column("leader_signature"), num_perm))
-            near = dict(zip(found.column("id").to_pylist(), found.column("leader").to_pylist(),
-                            strict=True))
-            parts.append(pa.table({
-                "id": found.column("id"), "reason": ["near_duplicate"] * found.num_rows,
-                "duplicate_of": found.column("leader"), "score": np.atleast_1d(scores),
-                "matched": pa.nulls(found.num_rows, pa.string())}, schema=DECISION_SCHEMA))
+    leader_of: dict[str, str] = {}
+    if near is not None:
+        found = near.read(shard.index)
+        leader_of = dict(zip(found.column("id").to_pylist(), found.column("leader").to_pylist(),
+                             strict=True))
+        parts.append(pa.table({
+            "id": found.column("id"), "reason": ["near_duplicate"] * found.num_rows,
+            "duplicate_of": found.column("leader"), "score": found.column("score"),
+            "matched": pa.nulls(found.num_rows, pa.string())}, schema=DECISION_SCHEMA))
     if exact_by_survivor is not None:
         copies = exact_by_survivor.read(shard.index)
         survivors = copies.column("survivor").to_pylist()
         parts.append(pa.table({
             "id": copies.column("id"), "reason": ["exact_duplicate"] * copies.num_rows,
-            "duplicate_of": [near.get(s, s) for s in survivors],
+            "duplicate_of": [leader_of.get(s, s) for s in survivors],
             "score": np.ones(copies.num_rows),
-            "matched": [s if s in near else None for s in survivors]}, schema=DECISION_SCHEMA))
+            "matched": [s if s in leader_of else None for s in survivors]},
+            schema=DECISION_SCHEMA))
     table = pa.concat_tables(parts) if parts else DECISION_SCHEMA.empty_table()
     decisions.write(table, np.full(table.num_rows, shard.index, np.int64), "decisions")
     return {"rows": table.num_rows}
 
 
-def _components(work: Location, edges: RoutedFiles, partitions: int,
-                runtime: RuntimeConfig) -> RoutedFiles:
+def _components(work: Location, edges: RoutedFiles, partitions: int, runtime: RuntimeConfig,
+                prefix: str) -> RoutedFiles:
     """Alternate large-star and small-star rounds until the edges form stars."""
     current = edges
     for round_ in range(10_000):
         for kind in ("large", "small"):
-            name = f"stars-{round_:04d}-{kind}"
+            name = f"{prefix}stars-{round_:04d}-{kind}"
             following = RoutedFiles(work.join(name), _EDGES)
             summaries = run_phase(work, name, _star, [
                 (p, kind, current, following, partitions) for p in range(partitions)], runtime)
@@ -350,6 +394,42 @@ def _components(work: Location, edges: RoutedFiles, partitions: int,
                 return current
             current = following
     raise RuntimeError("connected components did not converge")
+
+
+def _near_duplicates(shards: list[ShardRef], columns: Columns, edges: RoutedFiles,
+                     num_perm: int, threshold: float, partitions: int, work: Location,
+                     runtime: RuntimeConfig) -> RoutedFiles:
+    """Leader-verified groups over the verified edges (module doc, step 6): every removed
+    row's (id, leader, score), routed to the row's shard."""
+    near = RoutedFiles(work.join("near"), _NEAR)
+    for round_ in range(10_000):
+        prefix = f"r{round_:03d}-"
+        stars = _components(work, edges, partitions, runtime, prefix)
+        leaders = RoutedFiles(work.join(f"{prefix}leaders"), _LEADERS)
+        found = run_phase(work, f"{prefix}leaders", _leaders,
+                          [(p, stars, leaders) for p in range(partitions)], runtime)
+        if sum(f["removed"] for f in found) == 0:
+            return near
+        scored = RoutedFiles(work.join(f"{prefix}scored"), _scored_schema(num_perm))
+        run_phase(work, f"{prefix}leader-signatures", _leader_signatures,
+                  [(s, columns, num_perm, leaders, scored) for s in shards], runtime)
+        undecided = RoutedFiles(work.join(f"{prefix}undecided"), _IDS)
+        verified = run_phase(work, f"{prefix}verify", _verify, [
+            (s, columns, num_perm, threshold, scored, near, undecided,
+             f"{prefix}s{s.index:06d}", partitions) for s in shards], runtime)
+        if sum(v["undecided"] for v in verified) == 0:
+            return near
+        half = RoutedFiles(work.join(f"{prefix}open-half"), _EDGES)
+        run_phase(work, f"{prefix}open-half", _open_from, [
+            (p, edges, undecided, half, f"p{p:06d}", partitions, False)
+            for p in range(partitions)],
+            runtime)
+        edges = RoutedFiles(work.join(f"{prefix}open"), _EDGES)
+        run_phase(work, f"{prefix}open", _open_from, [
+            (p, half, undecided, edges, f"p{p:06d}", partitions, True)
+            for p in range(partitions)],
+            runtime)
+    raise RuntimeError("leader verification did not converge")
 
 
 def shard_refs(dataset: Dataset, runtime: RuntimeConfig) -> list[ShardRef]:
@@ -369,7 +449,7 @@ def text_duplicates_on_workers(
     keys = RoutedFiles(work.join("keys"), _KEYS) if exact else None
     exact_removed = RoutedFiles(work.join("exact-by-row"), _REMOVED) if exact else None
     exact_by_survivor = RoutedFiles(work.join("exact-by-survivor"), _REMOVED) if exact else None
-    scored = None
+    near = None
     run_phase(work, "rows", _route_rows, [(s, columns, keys, ids, partitions) for s in shards],
               runtime)
     groups = run_phase(work, "exact-groups", _exact_groups, [
@@ -386,14 +466,9 @@ def text_duplicates_on_workers(
         edges = RoutedFiles(work.join("edges"), _EDGES)
         run_phase(work, "edges", _edges, [(p, bands, num_perm, threshold, edges, partitions)
                                           for p in range(partitions)], runtime)
-        stars = _components(work, edges, partitions, runtime)
-        leaders = RoutedFiles(work.join("leaders"), _LEADERS)
-        run_phase(work, "leaders", _leaders, [(p, stars, leaders) for p in range(partitions)],
-                  runtime)
-        scored = RoutedFiles(work.join("scored"), _scored_schema(num_perm))
-        run_phase(work, "leader-signatures", _leader_signatures,
-                  [(s, columns, num_perm, leaders, scored) for s in shards], runtime)
+        near = _near_duplicates(shards, columns, edges, num_perm, threshold, partitions, work,
+                                runtime)
     decisions = RoutedFiles(work.join("decisions"), DECISION_SCHEMA)
-    run_phase(work, "decisions", _decisions, [
-        (s, columns, num_perm, scored, exact_by_survivor, decisions) for s in shards], runtime)
+    run_phase(work, "decisions", _decisions,
+              [(s, near, exact_by_survivor, decisions) for s in shards], runtime)
     return decisions

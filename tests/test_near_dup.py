@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gristmill.scoring.near_dup import (
     EMPTY_SIGNATURE_VALUE,
@@ -11,8 +13,10 @@ from gristmill.scoring.near_dup import (
     connected_min_labels,
     exact_key,
     jaccard,
+    leader_verified_groups,
     lsh_params,
     near_duplicate_groups,
+    near_duplicate_pairs,
     ngram_overlap,
     normalize_text,
     word_ngrams,
@@ -140,3 +144,52 @@ def test_ngram_overlap_is_containment() -> None:
     assert ngram_overlap(document, question, 5) < 1.0
     assert ngram_overlap("", document, 5) == 0.0
     assert ngram_overlap(question, "nothing in common at all here", 5) == 0.0
+
+
+def test_a_chain_whose_ends_are_unalike_keeps_its_far_end() -> None:
+    first = np.arange(128, dtype=np.uint64)
+    middle = first.copy()
+    middle[:18] += 1000
+    far = middle.copy()
+    far[110:] += 1000
+    signatures = np.stack([first, middle, far])
+    assert jaccard(first, middle) == jaccard(middle, far) == 110 / 128
+    assert jaccard(first, far) == 92 / 128
+    pairs = near_duplicate_pairs(signatures, 0.8)
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (1, 2)]
+    assert near_duplicate_groups(signatures, 0.8).tolist() == [0, 0, 0]
+    assert leader_verified_groups(signatures, pairs, 0.8).tolist() == [0, 0, 2]
+
+
+def test_members_unlike_their_leader_are_grouped_again_among_themselves() -> None:
+    leader = np.arange(128, dtype=np.uint64)
+    bridge = leader.copy()
+    bridge[:20] += 1000
+    second = bridge.copy()
+    second[110:] += 1000
+    third = second.copy()
+    third[20:30] += 1000
+    signatures = np.stack([leader, bridge, second, third])
+    pairs = np.array([[0, 1], [1, 2], [2, 3]])
+    assert all(jaccard(signatures[a], signatures[b]) >= 0.8 for a, b in pairs)
+    assert jaccard(leader, second) < 0.8 and jaccard(leader, third) < 0.8
+    assert leader_verified_groups(signatures, pairs, 0.8).tolist() == [0, 0, 2, 2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2), min_size=16, max_size=16), min_size=1,
+                max_size=30),
+       st.sampled_from([0.5, 0.6, 0.75]))
+def test_leader_verified_groups_remove_only_rows_like_their_survivor(
+        rows: list[list[int]], threshold: float) -> None:
+    signatures = np.array(rows, np.uint64)
+    n = len(signatures)
+    pairs = np.array([(a, b) for a in range(n) for b in range(a + 1, n)
+                      if np.mean(signatures[a] == signatures[b]) >= threshold],
+                     np.int64).reshape(-1, 2)
+    labels = leader_verified_groups(signatures, pairs, threshold)
+    kept = labels == np.arange(n)
+    assert (labels <= np.arange(n)).all() and kept[labels].all()
+    for row in np.flatnonzero(~kept):
+        assert np.mean(signatures[row] == signatures[labels[row]]) >= threshold
+    assert not any(kept[a] and kept[b] for a, b in pairs.tolist())
