@@ -48,10 +48,19 @@ def _edited(text: str, rate: float, rng: random.Random) -> str:
     return " ".join(out)
 
 
+def _words_replaced(text: str, count: int, rng: random.Random) -> str:
+    """`count` words at random places replaced by words no other edit uses."""
+    words = text.split()
+    for place in rng.sample(range(len(words)), count):
+        words[place] = f"edit{rng.getrandbits(40):x}"
+    return " ".join(words)
+
+
 def planted_corpus(seed: int = 7) -> list[str]:
     """Real Brown passages with exact copies (case changed), near copies at several edit
-    rates, chains of copies of copies, exact copies of near copies, and two empty texts,
-    shuffled: a fixed corpus for each seed."""
+    rates, chains of copies of copies (loose ones, and tight ones whose neighbours are alike
+    but whose ends are not), exact copies of near copies, and two empty texts, shuffled: a
+    fixed corpus for each seed."""
     path = resolve_source("brown").files[0]
     base = [" ".join(json.loads(line)["text"].split()[:120])
             for line in path.read_text().splitlines()[:160]]
@@ -65,6 +74,11 @@ def planted_corpus(seed: int = 7) -> list[str]:
         link = text
         for _ in range(4):
             link = _edited(link, 0.06, rng)
+            texts.append(link)
+    for text in base[140:145]:
+        link = text
+        for _ in range(7):
+            link = _words_replaced(link, 2, rng)
             texts.append(link)
     for text in base[120:135]:
         near = _edited(text, 0.02, rng)
@@ -119,6 +133,11 @@ def test_workers_decide_exactly_as_in_memory(tmp_path: Path, exact: bool, minhas
     assert reasons == {r for r, on in [("exact_duplicate", exact), ("near_duplicate", minhash)]
                        if on}
     assert found == expected
+    if minhash:
+        assert (tmp_path / "work" / "_phases" / "r001-verify.json").exists(), \
+            "a chain's far end was grouped again in a second round"
+        assert all(score >= 0.8 for reason, _, score, _ in found.values()
+                   if reason == "near_duplicate")
 
 
 def test_partition_count_does_not_change_a_decision(tmp_path: Path) -> None:
@@ -162,7 +181,7 @@ def test_star_rounds_find_every_component_and_its_smallest_id(
                       "v": [v for _, v in both], "v_place": [int(v[1:]) for _, v in both]},
                      schema=_EDGES)
     edges.write(table, partition_of(table.column("u").to_pylist(), 3), "input")
-    stars = _components(work, edges, 3, RUNTIME)
+    stars = _components(work, edges, 3, RUNTIME, "")
     leader: dict[str, str] = {}
     for partition in range(3):
         for row in stars.read(partition).to_pylist():
