@@ -44,7 +44,7 @@ from gristmill.stages.global_step import StepResult
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.partition import Partition, PartitionConfig, read_parts
 from gristmill.stages.quality_score import QualityScore
-from gristmill.stages.raw_inputs import DEFAULT_UNIT_BYTES, RawFilesInput
+from gristmill.stages.raw_inputs import DEFAULT_BATCH_BYTES, DEFAULT_UNIT_BYTES, RawFilesInput
 from gristmill.stages.runner import StageResult
 from gristmill.stages.text_filter import TextFilter, TextFilterConfig
 from gristmill.storage.fs import Location, resolve
@@ -85,6 +85,9 @@ class CurateParams(FrozenModel):
     unit_bytes: int = Field(default=DEFAULT_UNIT_BYTES, ge=1,
                             description="Larger JSONL and Parquet files are read in parts "
                                         "of about this size, one unit of work each")
+    batch_bytes: int = Field(default=DEFAULT_BATCH_BYTES, ge=1,
+                             description="Raw records are read in batches of at most this "
+                                         "many bytes (a worker's memory follows it)")
     work_dir: str = Field(default=".gristmill/curate",
                           description="Each step writes its own folder under this one")
     keep: list[Literal["ingest", "text_filter"]] = Field(
@@ -150,7 +153,8 @@ def _text_steps(params: CurateParams, progress: Progress, funnel: list[FunnelRow
     the curated dataset's URI."""
     runtime = params.runtime
     raw = RawFilesInput.from_args(params.sources, max_records=params.max_records,
-                                  unit_bytes=params.unit_bytes)
+                                  unit_bytes=params.unit_bytes,
+                                  batch_bytes=params.batch_bytes)
     links = [Link(Ingest, params.ingest), Link(TextFilter, params.text_filter)]
     quality, classifier = None, None
     if params.quality is not None:

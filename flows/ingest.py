@@ -9,7 +9,7 @@ from gristmill.config import FrozenModel, RuntimeConfig
 from gristmill.flows.stage_task import run_stage_task
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.raw_formats import RawFormat
-from gristmill.stages.raw_inputs import DEFAULT_UNIT_BYTES, RawFilesInput
+from gristmill.stages.raw_inputs import DEFAULT_BATCH_BYTES, DEFAULT_UNIT_BYTES, RawFilesInput
 from gristmill.stages.runner import StageResult
 
 
@@ -23,6 +23,9 @@ class IngestParams(FrozenModel):
     unit_bytes: int = Field(default=DEFAULT_UNIT_BYTES, ge=1,
                             description="Larger JSONL and Parquet files are read in parts "
                                         "of about this size, one unit of work each")
+    batch_bytes: int = Field(default=DEFAULT_BATCH_BYTES, ge=1,
+                             description="Raw records are read in batches of at most this "
+                                         "many bytes (a worker's memory follows it)")
     output: str = ".gristmill/ingest"
     config: IngestConfig = IngestConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -31,7 +34,8 @@ class IngestParams(FrozenModel):
         return RawFilesInput.from_args(self.sources, fmt=self.format,
                                        text_field=self.text_field,
                                        max_records=self.max_records,
-                                       unit_bytes=self.unit_bytes)
+                                       unit_bytes=self.unit_bytes,
+                                       batch_bytes=self.batch_bytes)
 
 
 @flow(name="ingest", log_prints=True)

@@ -51,6 +51,10 @@ from gristmill.storage.fs import resolve as resolve_uri
 from gristmill.storage.manifest import InputRef, canonical_json
 
 DEFAULT_UNIT_BYTES = 128 * 1024 * 1024
+DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
+"""A batch of records ends at the first stage's batch_rows or at this many payload bytes,
+whichever comes first: a worker's memory then follows this figure, not how long the
+documents of a unit happen to be."""
 
 RAW_SCHEMA = pa.schema([
     pa.field("locator", pa.string()),
@@ -96,11 +100,13 @@ def _identity(raw: RawFile, unit_bytes: int) -> str:
 class RawFilesInput:
     """Raw files as stage input: one or more work units per file (see the module doc)."""
 
-    def __init__(self, files: list[RawFile], *, unit_bytes: int = DEFAULT_UNIT_BYTES) -> None:
+    def __init__(self, files: list[RawFile], *, unit_bytes: int = DEFAULT_UNIT_BYTES,
+                 batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
         if not files:
             raise IngestInputError("nothing to ingest: no files were found")
-        if unit_bytes < 1:
-            raise IngestInputError(f"unit_bytes must be positive, got {unit_bytes}")
+        if unit_bytes < 1 or batch_bytes < 1:
+            raise IngestInputError(f"unit_bytes and batch_bytes must be positive, got "
+                                   f"{unit_bytes} and {batch_bytes}")
         seen: set[tuple[str, str]] = set()
         paths: set[str] = set()
         for raw in files:
@@ -112,20 +118,22 @@ class RawFilesInput:
             paths.add(raw.path)
         self.files = files
         self.unit_bytes = unit_bytes
+        self.batch_bytes = batch_bytes
         self._parts: list[tuple[int, Part | None]] | None = None
         self._schema: pa.Schema | None = None
 
     @classmethod
     def from_args(cls, sources: list[str], *, fmt: RawFormat | None = None,
                   text_field: str = "text", max_records: int | None = None,
-                  unit_bytes: int = DEFAULT_UNIT_BYTES) -> RawFilesInput:
+                  unit_bytes: int = DEFAULT_UNIT_BYTES,
+                  batch_bytes: int = DEFAULT_BATCH_BYTES) -> RawFilesInput:
         """Named sources (see `gristmill.sources`), files, folders, globs or URIs;
         `max_records` keeps only the first records of each file."""
         files: list[RawFile] = []
         for arg in sources:
             files.extend(f.model_copy(update={"max_records": max_records})
                          for f in _expand(arg, fmt, text_field))
-        return cls(files, unit_bytes=unit_bytes)
+        return cls(files, unit_bytes=unit_bytes, batch_bytes=batch_bytes)
 
     def _file_parts(self) -> list[tuple[int, Part | None]]:
         """(file index, part) of every unit, in file order."""
@@ -157,12 +165,14 @@ class RawFilesInput:
             yield from _parquet_tables(raw, part, batch_rows, digest, meta, fields)
             return
         rows: list[Record] = []
+        held = 0
         records = iter_records(resolve_uri(raw.path), raw.format, raw.compression, part, digest)
         for record in islice(records, raw.max_records):
             rows.append(record)
-            if len(rows) >= batch_rows:
+            held += len(record[1])
+            if len(rows) >= batch_rows or held >= self.batch_bytes:
                 yield _raw_table(rows, raw, meta, fields)
-                rows = []
+                rows, held = [], 0
         if rows:
             yield _raw_table(rows, raw, meta, fields)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import os
 import subprocess
@@ -252,3 +253,14 @@ def test_compressed_parquet_is_refused_before_any_work(tmp_path: Path) -> None:
                                                              .read_bytes()))
     with pytest.raises(IngestInputError, match="Parquet compresses inside the file"):
         RawFilesInput.from_args([str(tmp_path / "rows.parquet.gz")])
+
+
+def test_a_batch_ends_at_batch_rows_or_batch_bytes_whichever_comes_first(
+        tmp_path: Path) -> None:
+    lines = [json.dumps({"text": "x" * size}) for size in [900, 900, 900, 5000, 10, 10, 10]]
+    (tmp_path / "rows.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    narrow = RawFilesInput.from_args([str(tmp_path / "rows.jsonl")], batch_bytes=2000)
+    assert [t.num_rows for t in narrow.read_unit(narrow.units()[0], 100)] == [3, 1, 3]
+    wide = RawFilesInput.from_args([str(tmp_path / "rows.jsonl")], batch_bytes=1_000_000)
+    assert [t.num_rows for t in wide.read_unit(wide.units()[0], 2)] == [2, 2, 2, 1]
+    assert [t.num_rows for t in wide.read_unit(wide.units()[0], 100)] == [7]
