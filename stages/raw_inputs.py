@@ -22,7 +22,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from glob import glob, has_magic
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -181,7 +181,7 @@ def _raw_schema(parquet_files: list[RawFile]) -> pa.Schema:
     """RAW_SCHEMA, plus the `fields` struct when some inputs are Parquet."""
     if not parquet_files:
         return RAW_SCHEMA
-    schemas = [parquet_schema(resolve_uri(f.path)) for f in parquet_files]
+    schemas = [_footer(f.path, parquet_schema) for f in parquet_files]
     try:
         unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
@@ -189,6 +189,15 @@ def _raw_schema(parquet_files: list[RawFile]) -> pa.Schema:
                                f"({err}): ingest them in separate runs") from err
     nullable = [pa.field(f.name, f.type) for f in unified]
     return RAW_SCHEMA.append(pa.field(FIELDS, pa.struct(nullable)))
+
+
+def _footer(path: str, read: Callable[[Location], Any]) -> Any:
+    """What `read` finds in a Parquet file's footer; a file that is not Parquet, or is cut
+    short, is a clear error naming it before any work starts."""
+    try:
+        return read(resolve_uri(path))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise IngestInputError(f"{path}: not a readable Parquet file ({err})") from err
 
 
 def _parquet_tables(raw: RawFile, part: Part | None, batch_rows: int, digest: Digest | None,
@@ -220,7 +229,7 @@ def _split(raw: RawFile, unit_bytes: int) -> list[Part | None]:
                 for start in range(0, raw.size, unit_bytes)]
     parts: list[Part | None] = []
     start, held = 0, 0
-    groups = parquet_row_groups(resolve_uri(raw.path))
+    groups = _footer(raw.path, parquet_row_groups)
     for group, (_, size) in enumerate(groups):
         held += size
         if held >= unit_bytes or group == len(groups) - 1:

@@ -264,3 +264,14 @@ def test_a_batch_ends_at_batch_rows_or_batch_bytes_whichever_comes_first(
     wide = RawFilesInput.from_args([str(tmp_path / "rows.jsonl")], batch_bytes=1_000_000)
     assert [t.num_rows for t in wide.read_unit(wide.units()[0], 2)] == [2, 2, 2, 1]
     assert [t.num_rows for t in wide.read_unit(wide.units()[0], 100)] == [7]
+
+
+def test_a_file_named_parquet_that_is_not_one_is_a_clear_error_before_any_work(
+        tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": ["a"] * 100}), tmp_path / "good.parquet")
+    whole = (tmp_path / "good.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(IngestInputError, match=r"cut\.parquet: not a readable Parquet file"):
+        RawFilesInput.from_args([str(tmp_path / "cut.parquet")]).schema()
+    with pytest.raises(IngestInputError, match=r"cut\.parquet: not a readable Parquet file"):
+        RawFilesInput.from_args([str(tmp_path / "cut.parquet")], unit_bytes=10).units()
