@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -91,15 +92,35 @@ def _decode(payload: bytes, kind: str, text_field: str, file_meta: dict[str, Any
         decoded = payload.decode("utf-8")
     except UnicodeDecodeError as err:
         return None, {}, "invalid_utf8", f"byte {payload[err.start]:#04x} at offset {err.start}"
+    decoded = decoded.removeprefix("\ufeff")
     if kind == "text":
         return decoded, dict(file_meta), "", ""
     try:
-        record = json.loads(decoded)
+        record = json.loads(decoded, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         return None, {}, "malformed_json", str(err)
+    except _NonFiniteError as err:
+        return None, {}, "malformed_json", f"{err} is not a finite number (JSON has none)"
+    except RecursionError:
+        return None, {}, "malformed_json", "nested more deeply than the parser allows"
     if not isinstance(record, dict):
         return None, {}, "malformed_json", f"a JSON {type(record).__name__}, not an object"
     return _fields(record, text_field, file_meta)
+
+
+class _NonFiniteError(ValueError):
+    """NaN, Infinity or a number too large for a float: meta could not be written as JSON."""
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NonFiniteError(literal)
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise _NonFiniteError(name)
 
 
 def _fields(record: dict[str, Any], text_field: str,
@@ -173,12 +194,13 @@ class Ingest(MapStage[IngestConfig]):
         return Split(table, rejected)
 
     def _check_text(self, text: str) -> tuple[str, str]:
-        """A UTF-8 character takes at most 4 bytes: only a text that could be too large is
-        encoded to measure it."""
-        if len(text) * 4 > self.config.max_text_bytes:
+        try:
             size = len(text.encode("utf-8"))
-            if size > self.config.max_text_bytes:
-                return "too_large", f"{size} bytes > max_text_bytes {self.config.max_text_bytes}"
+        except UnicodeEncodeError as err:
+            return "invalid_unicode", (f"lone surrogate U+{ord(text[err.start]):04X} at "
+                                       f"character {err.start} (a \\u escape of half a pair)")
+        if size > self.config.max_text_bytes:
+            return "too_large", f"{size} bytes > max_text_bytes {self.config.max_text_bytes}"
         if not text.strip():
             return "empty_text", "text is empty or whitespace only"
         return "", ""
@@ -187,10 +209,10 @@ class Ingest(MapStage[IngestConfig]):
 def _typed(values: list[Any], type_: pa.DataType) -> tuple[pa.Array, dict[int, str]]:
     """`values` as an array of `type_`, and the positions whose value does not convert (each
     with why), which are null in the array. A string column takes any value (a non-string
-    one as JSON); other types take their own Python values or text Arrow can parse (ISO
-    dates and times from JSON)."""
+    one as JSON) but a lone surrogate; other types take their own Python values or text
+    Arrow can parse (ISO dates and times from JSON)."""
     if pa.types.is_string(type_):
-        return pa.array([_as_string(v) for v in values], type_), {}
+        values = [_as_string(v) for v in values]
     try:
         return _convert(values, type_), {}
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,

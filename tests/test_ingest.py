@@ -288,3 +288,41 @@ def test_column_types_must_name_promoted_fields_and_known_types() -> None:
         IngestConfig(column_types={"score": "float64"})
     with pytest.raises(ValueError, match="column_types"):
         IngestConfig(promote_fields=["score"], column_types={"score": "floaty"})
+
+
+def test_hostile_json_lines_are_rejected_rows_with_reasons_and_the_rest_is_kept(
+        tmp_path: Path) -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    lines = [
+        b'\xef\xbb\xbf{"text": "a file that starts with a byte order mark"}',
+        f'{{"text": "deep", "nested": {deep}}}'.encode(),
+        b'{"text": "jury \\ud800 election"}',
+        b'{"text": "a good emoji pair \\ud83d\\ude00"}',
+        b'{"text": "not a number", "score": NaN}',
+        b'{"text": "overflow", "score": 1e400}',
+        b'{"text": "minus infinity", "score": -Infinity}',
+        b'{"text": "big ints are fine", "score": 100000000000000000000000000000}',
+        b'{"text": "half a pair in a promoted field", "tag": "x\\udc00"}',
+    ]
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    kept, rejected = ingest_locally(RawFilesInput.from_args([str(tmp_path / "bad.jsonl")]),
+                                    IngestConfig(promote_fields=["tag"]))
+    assert kept.num_rows + rejected.num_rows == len(lines)
+    assert kept.column("text").to_pylist() == [
+        "a file that starts with a byte order mark", "a good emoji pair \U0001F600",
+        "big ints are fine"]
+    for meta in kept.column("meta").to_pylist():
+        json.loads(meta)
+    found = dict(zip(rejected.column("locator").to_pylist(),
+                     zip(rejected.column("reject_reason").to_pylist(),
+                         rejected.column("reject_detail").to_pylist(), strict=True),
+                     strict=True))
+    by_line = {int(locator.rsplit(":", 1)[1]): why for locator, why in found.items()}
+    starts = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
+    assert by_line[starts[1]][0] == "malformed_json" and "nested" in by_line[starts[1]][1]
+    assert by_line[starts[2]][0] == "invalid_unicode" and "U+D800" in by_line[starts[2]][1]
+    assert [by_line[starts[i]] for i in (4, 5, 6)] == [
+        ("malformed_json", "NaN is not a finite number (JSON has none)"),
+        ("malformed_json", "1e400 is not a finite number (JSON has none)"),
+        ("malformed_json", "-Infinity is not a finite number (JSON has none)")]
+    assert by_line[starts[8]][0] == "wrong_type" and "'tag'" in by_line[starts[8]][1]
