@@ -297,9 +297,18 @@ def _version(loc: Location, info: pafs.FileInfo) -> str:
 def _list_local(arg: str) -> list[tuple[str, str, str]]:
     """(path, name relative to the source root, source) for a local file, folder or glob."""
     arg = os.path.normpath(arg)  # "data/", "./data" and "data" are one source
+    if os.path.islink(arg) and not os.path.exists(arg):
+        raise IngestInputError(f"{arg!r} is a symbolic link that leads nowhere (broken, or "
+                               "a loop)")
     if os.path.isdir(arg):
         root = arg
-        paths = sorted(str(p) for p in Path(arg).rglob("*") if p.is_file())
+        found = list(Path(arg).rglob("*"))
+        dangling = sorted(str(p) for p in found if p.is_symlink() and not p.exists())
+        if dangling:
+            raise IngestInputError(f"{arg!r} holds symbolic links that lead nowhere (broken, "
+                                   f"or loops): {dangling[:5]}; remove them or name the "
+                                   "files to read")
+        paths = sorted(str(p) for p in found if p.is_file())
     elif os.path.isfile(arg):
         root = os.path.dirname(arg)
         paths = [arg]

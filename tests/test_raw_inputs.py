@@ -275,3 +275,16 @@ def test_a_file_named_parquet_that_is_not_one_is_a_clear_error_before_any_work(
         RawFilesInput.from_args([str(tmp_path / "cut.parquet")]).schema()
     with pytest.raises(IngestInputError, match=r"cut\.parquet: not a readable Parquet file"):
         RawFilesInput.from_args([str(tmp_path / "cut.parquet")], unit_bytes=10).units()
+
+
+def test_a_symlink_loop_is_a_clear_error_named_directly_or_inside_a_folder(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "rows.jsonl").write_text('{"text": "a"}\n')
+    (folder / "loop-a").symlink_to(folder / "loop-b")
+    (folder / "loop-b").symlink_to(folder / "loop-a")
+    with pytest.raises(IngestInputError, match="symbolic link that leads nowhere"):
+        RawFilesInput.from_args([str(folder / "loop-a")])
+    with pytest.raises(IngestInputError, match=r"symbolic links that lead nowhere.*loop-a"):
+        RawFilesInput.from_args([str(folder)])
