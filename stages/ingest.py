@@ -206,6 +206,10 @@ class Ingest(MapStage[IngestConfig]):
         return "", ""
 
 
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,
+                      ValueError, OverflowError)
+
+
 def _typed(values: list[Any], type_: pa.DataType) -> tuple[pa.Array, dict[int, str]]:
     """`values` as an array of `type_`, and the positions whose value does not convert (each
     with why), which are null in the array. A string column takes any value (a non-string
@@ -215,24 +219,22 @@ def _typed(values: list[Any], type_: pa.DataType) -> tuple[pa.Array, dict[int, s
         values = [_as_string(v) for v in values]
     try:
         return _convert(values, type_), {}
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,
-            ValueError, OverflowError):
+    except _CONVERSION_ERRORS:
         pass
     converted: list[Any] = []
     bad: dict[int, str] = {}
     for k, value in enumerate(values):
         try:
             converted.append(_convert([value], type_)[0].as_py())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,
-                ValueError, OverflowError):
+        except _CONVERSION_ERRORS:
             converted.append(None)
             bad[k] = f"{value!r} is not {type_}"
     return pa.array(converted, type_), bad
 
 
 def _convert(values: list[Any], type_: pa.DataType) -> pa.Array:
-    strings = [v for v in values if v is not None]
-    if strings and all(isinstance(v, str) for v in strings):
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, str) for v in present):
         return pa.array(values, pa.string()).cast(type_)
     return pa.array(values, type_)
 

@@ -183,18 +183,10 @@ def _fortune_records(stream) -> Iterator[Record]:
         yield number + 1, b"\n".join(record).rstrip(b"\r\n"), "text"
 
 
-def parquet_row_groups(loc: Location) -> list[tuple[int, int]]:
-    """(rows, bytes) of each row group, from the file's footer alone."""
+def parquet_footer(loc: Location) -> pq.FileMetaData:
+    """The file's footer: its schema and row groups, without reading any row."""
     with loc.fs.open_input_file(loc.path) as handle:
-        meta = pq.ParquetFile(handle).metadata
-        return [(meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
-                for g in range(meta.num_row_groups)]
-
-
-def parquet_schema(loc: Location) -> pa.Schema:
-    """The file's Arrow schema, from its footer alone."""
-    with loc.fs.open_input_file(loc.path) as handle:
-        return pq.ParquetFile(handle).schema_arrow
+        return pq.ParquetFile(handle).metadata
 
 
 def parquet_batches(loc: Location, part: Part | None, batch_rows: int,

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from glob import glob, has_magic
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from gristmill.sources.catalog import list_sources, resolve
@@ -43,8 +44,7 @@ from gristmill.stages.raw_formats import (
     guess_format,
     iter_records,
     parquet_batches,
-    parquet_row_groups,
-    parquet_schema,
+    parquet_footer,
 )
 from gristmill.storage.fs import Location
 from gristmill.storage.fs import resolve as resolve_uri
@@ -121,6 +121,7 @@ class RawFilesInput:
         self.batch_bytes = batch_bytes
         self._parts: list[tuple[int, Part | None]] | None = None
         self._schema: pa.Schema | None = None
+        self._footers: dict[str, pq.FileMetaData] = {}
 
     @classmethod
     def from_args(cls, sources: list[str], *, fmt: RawFormat | None = None,
@@ -139,8 +140,42 @@ class RawFilesInput:
         """(file index, part) of every unit, in file order."""
         if self._parts is None:
             self._parts = [(i, part) for i, raw in enumerate(self.files)
-                           for part in _split(raw, self.unit_bytes)]
+                           for part in self._split(raw)]
         return self._parts
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Workers get the units and the schema, not the footers they were made from."""
+        return {**self.__dict__, "_footers": {}}
+
+    def _footer(self, raw: RawFile) -> pq.FileMetaData:
+        """A Parquet file's footer, read once on the driver for its units and its schema; a
+        file that is not Parquet, or is cut short, is a clear error naming it."""
+        if raw.path not in self._footers:
+            try:
+                self._footers[raw.path] = parquet_footer(resolve_uri(raw.path))
+            except (pa.ArrowInvalid, OSError) as err:
+                raise IngestInputError(f"{raw.path}: not a readable Parquet file ({err})") \
+                    from err
+        return self._footers[raw.path]
+
+    def _split(self, raw: RawFile) -> list[Part | None]:
+        """The parts one file is read in (None: the whole file)."""
+        unit_bytes = self.unit_bytes
+        whole = raw.size <= unit_bytes or raw.compression is not None or raw.max_records
+        if whole or raw.format in ("text", "fortune"):
+            return [None]
+        if raw.format == "jsonl":
+            return [(start, min(start + unit_bytes, raw.size))
+                    for start in range(0, raw.size, unit_bytes)]
+        parts: list[Part | None] = []
+        start, held = 0, 0
+        footer = self._footer(raw)
+        for group in range(footer.num_row_groups):
+            held += footer.row_group(group).total_byte_size
+            if held >= unit_bytes or group == footer.num_row_groups - 1:
+                parts.append((start, group + 1))
+                start, held = group + 1, 0
+        return parts or [None]
 
     def units(self) -> list[WorkUnit]:
         return [WorkUnit(index=i, uri=self.files[f].path, part=part)
@@ -152,7 +187,8 @@ class RawFilesInput:
 
     def schema(self) -> pa.Schema:
         if self._schema is None:
-            self._schema = _raw_schema([f for f in self.files if f.format == "parquet"])
+            self._schema = _raw_schema([self._footer(f).schema.to_arrow_schema()
+                                        for f in self.files if f.format == "parquet"])
         return self._schema
 
     def read_unit(self, unit: WorkUnit, batch_rows: int,
@@ -177,11 +213,10 @@ class RawFilesInput:
             yield _raw_table(rows, raw, meta, fields)
 
 
-def _raw_schema(parquet_files: list[RawFile]) -> pa.Schema:
-    """RAW_SCHEMA, plus the `fields` struct when some inputs are Parquet."""
-    if not parquet_files:
+def _raw_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """RAW_SCHEMA, plus the `fields` struct when some inputs are Parquet (their schemas)."""
+    if not schemas:
         return RAW_SCHEMA
-    schemas = [_footer(f.path, parquet_schema) for f in parquet_files]
     try:
         unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
@@ -189,15 +224,6 @@ def _raw_schema(parquet_files: list[RawFile]) -> pa.Schema:
                                f"({err}): ingest them in separate runs") from err
     nullable = [pa.field(f.name, f.type) for f in unified]
     return RAW_SCHEMA.append(pa.field(FIELDS, pa.struct(nullable)))
-
-
-def _footer(path: str, read: Callable[[Location], Any]) -> Any:
-    """What `read` finds in a Parquet file's footer; a file that is not Parquet, or is cut
-    short, is a clear error naming it before any work starts."""
-    try:
-        return read(resolve_uri(path))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise IngestInputError(f"{path}: not a readable Parquet file ({err})") from err
 
 
 def _parquet_tables(raw: RawFile, part: Part | None, batch_rows: int, digest: Digest | None,
@@ -217,25 +243,6 @@ def _parquet_tables(raw: RawFile, part: Part | None, batch_rows: int, digest: Di
         yield table.append_column(FIELDS, pa.StructArray.from_arrays(children, fields=list(fields)))
         if left == 0:
             return
-
-
-def _split(raw: RawFile, unit_bytes: int) -> list[Part | None]:
-    """The parts one file is read in (None: the whole file)."""
-    whole = raw.size <= unit_bytes or raw.compression is not None or raw.max_records
-    if whole or raw.format in ("text", "fortune"):
-        return [None]
-    if raw.format == "jsonl":
-        return [(start, min(start + unit_bytes, raw.size))
-                for start in range(0, raw.size, unit_bytes)]
-    parts: list[Part | None] = []
-    start, held = 0, 0
-    groups = _footer(raw.path, parquet_row_groups)
-    for group, (_, size) in enumerate(groups):
-        held += size
-        if held >= unit_bytes or group == len(groups) - 1:
-            parts.append((start, group + 1))
-            start, held = group + 1, 0
-    return parts or [None]
 
 
 def _raw_table(rows: list[Record], raw: RawFile, meta: str,

@@ -146,13 +146,19 @@ def test_ngram_overlap_is_containment() -> None:
     assert ngram_overlap(question, "nothing in common at all here", 5) == 0.0
 
 
+def _chain(*edits: slice) -> np.ndarray:
+    """128-slot signatures, each row the one before with the slots of its slice changed."""
+    rows = [np.arange(128, dtype=np.uint64)]
+    for slots in edits:
+        row = rows[-1].copy()
+        row[slots] += 1000
+        rows.append(row)
+    return np.stack(rows)
+
+
 def test_a_chain_whose_ends_are_unalike_keeps_its_far_end() -> None:
-    first = np.arange(128, dtype=np.uint64)
-    middle = first.copy()
-    middle[:18] += 1000
-    far = middle.copy()
-    far[110:] += 1000
-    signatures = np.stack([first, middle, far])
+    signatures = _chain(slice(0, 18), slice(110, None))
+    first, middle, far = signatures
     assert jaccard(first, middle) == jaccard(middle, far) == 110 / 128
     assert jaccard(first, far) == 92 / 128
     pairs = near_duplicate_pairs(signatures, 0.8)
@@ -162,14 +168,8 @@ def test_a_chain_whose_ends_are_unalike_keeps_its_far_end() -> None:
 
 
 def test_members_unlike_their_leader_are_grouped_again_among_themselves() -> None:
-    leader = np.arange(128, dtype=np.uint64)
-    bridge = leader.copy()
-    bridge[:20] += 1000
-    second = bridge.copy()
-    second[110:] += 1000
-    third = second.copy()
-    third[20:30] += 1000
-    signatures = np.stack([leader, bridge, second, third])
+    signatures = _chain(slice(0, 20), slice(110, None), slice(20, 30))
+    leader, _, second, third = signatures
     pairs = np.array([[0, 1], [1, 2], [2, 3]])
     assert all(jaccard(signatures[a], signatures[b]) >= 0.8 for a, b in pairs)
     assert jaccard(leader, second) < 0.8 and jaccard(leader, third) < 0.8
