@@ -1,4 +1,5 @@
-"""MinHash near-duplicate removal: gristmill against rensa and datasketch on the same text.
+"""MinHash near-duplicate removal: gristmill against rensa, datasketch and DataTrove on the
+same text.
 
 The corpus is real text with planted copies. Base passages are consecutive runs of
 `--words` words from Debian's documentation (`bench/debian_corpus.py`), each distinct
@@ -10,7 +11,10 @@ word 5-grams, 128 permutations and Jaccard 0.8:
   dedup as phases of worker tasks (stages/lsh_dedup.py), `--workers` CPUs;
 - rensa 0.5.0 (Rust) and datasketch 2.0.0: one process each, streaming (a document whose
   LSH candidates hold one at estimated Jaccard >= 0.8 is dropped, else inserted), in their
-  own virtualenvs under the scratch folder.
+  own virtualenvs under the scratch folder;
+- DataTrove 0.10.1: its four MinHash steps (signatures, buckets, clusters, filter) on its
+  local executor with `--workers` processes, in its own virtualenv; it normalizes text its
+  own way and joins any two documents that share a band, unverified.
 
 Quality is judged against the exact Jaccard of 5-gram sets, computed here:
 - recall: of the planted copies whose exact Jaccard to their original is >= 0.8, the share
@@ -51,7 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / ".gristmill" / "bench" / "dedup_vs_peers"
 DEBIAN = ROOT / ".gristmill" / "bench" / "pipeline_vs_peers"
 RESULT = ROOT / "bench" / "results" / "dedup_vs_peers.json"
-PEERS = {"rensa": "rensa==0.5.0", "datasketch": "datasketch==2.0.0"}
+PEERS = {"rensa": "rensa==0.5.0", "datasketch": "datasketch==2.0.0",
+         "datatrove": "datatrove[io,processing]==0.10.1 aiohttp requests spacy"}
+PARALLEL = {"gristmill", "datatrove"}
+"""Tools that use `--workers` CPUs; the others run in one process."""
 TOOLS = ["gristmill", *PEERS]
 EDIT_RATES = (0.005, 0.01, 0.02, 0.05)
 COPY_SHARE = 0.2
@@ -219,7 +226,7 @@ def main() -> None:
         for plant in metas[rows]["planted"]:
             plant["true_jaccard"] = jaccard(texts[rows][plant["copy"]],
                                             texts[rows][plant["original"]])
-    cores = {tool: args.workers if tool == "gristmill" else 1 for tool in args.tools}
+    cores = {tool: args.workers if tool in PARALLEL else 1 for tool in args.tools}
     runs = []
     jobs = [(rows, tool) for rows in args.rows for tool in args.tools]
     for round_index in range(args.rounds):

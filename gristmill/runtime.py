@@ -54,17 +54,5 @@ def ensure_ray(config: RayConfig | None = None) -> bool:
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
-    _configure_ray_data()
     return True
 
-
-def _configure_ray_data() -> None:
-    """gristmill draws its own progress bars, and keeps row order deterministic."""
-    from ray.data import DataContext
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.execution_options.preserve_order = True
-    context.print_on_execution_start = False

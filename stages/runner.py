@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 import xxhash
 from pydantic import BaseModel, ValidationError
@@ -168,25 +167,17 @@ class UnitWorker:
         self.storage = storage
         self.generation = generation
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        records, errors = [], []
-        for text in batch.column("unit").to_pylist():
-            unit = WorkUnit.model_validate_json(text)
-            if self.setup_error is not None:
-                records.append(None)
-                errors.append(self.setup_error)
-                continue
-            try:
-                record = process_unit(self.stages, self.plan, self.source, unit, self.out,
-                                      self.storage, self.generation)
-                records.append(record.model_dump_json())
-                errors.append(None)
-            except Exception as err:
-                records.append(None)
-                errors.append(f"unit {unit.index} ({unit.uri}): {type(err).__name__}: {err}\n"
-                              + traceback.format_exc(limit=4))
-        return pa.table({"record": pa.array(records, pa.string()),
-                         "error": pa.array(errors, pa.string())})
+    def process(self, unit: WorkUnit) -> tuple[str | None, str | None]:
+        """(the unit's record as JSON, None), or (None, why it failed)."""
+        if self.setup_error is not None:
+            return None, self.setup_error
+        try:
+            record = process_unit(self.stages, self.plan, self.source, unit, self.out,
+                                  self.storage, self.generation)
+        except Exception as err:
+            return None, (f"unit {unit.index} ({unit.uri}): {type(err).__name__}: {err}\n"
+                          + traceback.format_exc(limit=4))
+        return record.model_dump_json(), None
 
 
 def _pool_size(name: str, resources: Resources, pending: int) -> int:
@@ -209,32 +200,49 @@ def _pool_size(name: str, resources: Resources, pending: int) -> int:
 def _execute(links: list[Link], resources: Resources, plan: ChainPlan, source: StageInput,
              pending: list[WorkUnit], out: Location, runtime: RuntimeConfig, generation: str,
              progress: Progress | None):
-    """Yield (record, error) per unit as workers finish them."""
-    import ray.data
+    """Yield (record, error) per unit as workers finish them.
+
+    A pool of plain Ray actors, one unit in flight each: a unit is a whole shard or byte
+    range, so there is nothing for a streaming executor to pipeline, and Ray Data's would
+    add its start-up and a no-progress watchdog that fails a model stage slow on one unit.
+    A worker process that dies (killed, out of memory) fails only the unit it held; Ray
+    restarts it for the units still queued.
+    """
+    import ray
 
     name = _chain_name(links)
-    items = [{"unit": u.model_dump_json()} for u in pending]
-    units = ray.data.from_items(items, override_num_blocks=len(items))
-    results = units.map_batches(
-        UnitWorker,
-        fn_constructor_kwargs={"links": links, "plan": plan, "source": source, "out": out,
-                               "storage": runtime.storage, "generation": generation},
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=_pool_size(name, resources, len(pending)),
-                                           max_tasks_in_flight_per_actor=1),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus or None,
-    )
-    # A unit (one input shard) reports only when done, and a model stage may take hours on
-    # one: Ray Data's no-progress watchdog (30 min by default) would fail healthy work.
-    results.context.execution_no_progress_timeout_s = -1
+    worker = ray.remote(UnitWorker).options(
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
+        max_restarts=-1, max_task_retries=0)
+    actors = [worker.remote(links, plan, source, out, runtime.storage, generation)
+              for _ in range(_pool_size(name, resources, len(pending)))]
+    queue = list(reversed(pending))
+    in_flight = {}
     task = progress.add_task(name, total=len(pending)) if progress else None
-    for row in results.iter_rows():
-        record = UnitRecord.model_validate_json(row["record"]) if row["record"] else None
-        if progress:
-            progress.advance(task)
-        yield record, row["error"]
+
+    def submit(actor) -> None:
+        if queue:
+            unit = queue.pop()
+            in_flight[actor.process.remote(unit)] = (actor, unit)
+
+    try:
+        for actor in actors:
+            submit(actor)
+        while in_flight:
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, unit = in_flight.pop(ref)
+            try:
+                record, error = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                record, error = None, (f"unit {unit.index} ({unit.uri}): its worker was lost: "
+                                       f"{type(err).__name__}: {err}")
+            if progress:
+                progress.advance(task)
+            submit(actor)
+            yield (UnitRecord.model_validate_json(record) if record else None), error
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def _committed(out: Location) -> Manifest | None:

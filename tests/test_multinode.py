@@ -1,7 +1,8 @@
 """A real two-node Ray cluster on this machine: a head and a second node started with
 `ray start`, one CPU and one temp dir each. curate runs on it with RAY_ADDRESS set and its
 work folder on a real S3 server; its units run on both nodes, and every dataset it commits
-equals a local run's, row for row (slow: two curate runs)."""
+equals a local run's, row for row. Its retrieval datastore, searched from index actors on
+both nodes, answers as the local one does on threads (slow: two curate runs)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from gristmill.storage.reader import Dataset
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 NODE_MEMORY = str(200 * 1024 * 1024)
+DATASTORE = "datastore"
+QUERIES = ["What did the jury say about the election?", "free money offer, click now",
+           "the history of the city council"]
 
 
 class RayNode:
@@ -103,7 +107,9 @@ def _curate(work_dir: str, tmp_path: Path, name: str, env: dict[str, str]) -> st
                              "embed": {"embedder": {"max_seq_length": 64}},
                              "dedup": {"minhash_threshold": 0.5}}},
         "mix": {"total_steps": 20, "batch_size": 8},
-        "captions": {"enabled": False}, "datastore": None,
+        "captions": {"enabled": False},
+        "datastore": {"chunk": {"num_shards": 2}, "index": {"kind": "flat"},
+                      "embed": {"embedder": {"max_seq_length": 64}}},
         "runtime": {"progress": False, "storage": {"max_rows_per_shard": 16}},
     }
     path = tmp_path / f"{name}.yaml"
@@ -115,11 +121,28 @@ def _curate(work_dir: str, tmp_path: Path, name: str, env: dict[str, str]) -> st
 
 
 def _datasets(root: str) -> list[str]:
-    """Folders under `root` holding a committed dataset, relative to it."""
+    """Folders under `root` holding a committed dataset, relative to it (the datastore's own
+    manifest is not a dataset's; its passages are)."""
     loc = resolve(root)
     listed = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    return sorted(os.path.relpath(os.path.dirname(i.path), loc.path) for i in listed
-                  if i.base_name == "manifest.json")
+    return sorted(name for name in (os.path.relpath(os.path.dirname(i.path), loc.path)
+                                    for i in listed if i.base_name == "manifest.json")
+                  if name != DATASTORE)
+
+
+def _search_on_cluster(uri: str, address: str, env: dict[str, str]) -> dict:
+    """QUERIES against the datastore at `uri` from Ray actors on the cluster: the hits' ids
+    and each actor's node."""
+    probe = ("import json, sys; from gristmill.retrieval.retriever import Retriever; "
+             "r = Retriever.open(sys.argv[1], backend='ray', workers=2); "
+             "hits = r.search(json.loads(sys.argv[2])); "
+             "print(json.dumps({'nodes': r.searcher.nodes(), "
+             "'ids': [[h.id for h in q] for q in hits]}))")
+    done = subprocess.run([sys.executable, "-c", probe, uri, json.dumps(QUERIES)],
+                          env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _rows(root: str, name: str) -> list[dict]:
@@ -153,5 +176,14 @@ def test_curate_runs_on_both_nodes_with_outputs_on_s3_as_a_local_run(
         for node, units in (stats.units_per_node if stats else {}).items():
             nodes[node] = nodes.get(node, 0) + units
     assert len(nodes) == 2, f"units ran on {nodes}: {output}"
+
+    from gristmill.retrieval.retriever import Retriever
+
+    local = Retriever.open(str(tmp_path / "local" / DATASTORE), backend="threads")
+    expected = [[hit.id for hit in hits] for hits in local.search(QUERIES)]
+    assert all(expected), "the local datastore found nothing to compare with"
+    searched = _search_on_cluster(f"{remote}/{DATASTORE}", two_nodes, env)
+    assert len(set(searched["nodes"])) == 2, f"index actors on {searched['nodes']}"
+    assert searched["ids"] == expected
     print(json.dumps({"local_seconds": round(local_seconds, 1),
                       "cluster_seconds": round(cluster_seconds, 1), "units_per_node": nodes}))

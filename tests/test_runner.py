@@ -14,7 +14,14 @@ import pytest
 import ray.cloudpickle
 
 from gristmill.config import RuntimeConfig, StorageConfig
-from gristmill.stages.base import DatasetInput, MapStage, Split, StageConfig, StageInputError
+from gristmill.stages.base import (
+    DatasetInput,
+    MapStage,
+    Rejections,
+    Split,
+    StageConfig,
+    StageInputError,
+)
 from gristmill.stages.ingest import Ingest, IngestConfig
 from gristmill.stages.raw_inputs import RawFilesInput
 from gristmill.stages.runner import (
@@ -239,3 +246,27 @@ def test_wrong_columns_are_refused_before_any_work(tmp_path: Path) -> None:
         run_stage(TextFilter, TextFilterConfig(), DatasetInput(source),
                   str(tmp_path / "out"), QUIET)
     assert not (tmp_path / "out").exists()
+
+
+class DiesOnOneShard(LosesRows):
+    """A fake whose worker process dies (as under the kernel's OOM killer) on the batch that
+    holds id 'c', to test that only that unit fails and the pool goes on."""
+
+    name = "dies_on_one_shard"
+
+    def process(self, batch: pa.Table) -> Split:
+        if "c" in batch.column("id").to_pylist():
+            os._exit(9)
+        return Rejections(batch.num_rows).split(batch, self.name)
+
+
+def test_a_worker_that_dies_fails_only_its_unit_and_the_rest_are_recorded(
+        tmp_path: Path) -> None:
+    source = str(tmp_path / "in")
+    write_table(source, pa.table({"id": list("abcdef"), "text": list("uvwxyz")}),
+                max_rows=1)
+    out = tmp_path / "out"
+    storage = QUIET.with_(storage=QUIET.storage.with_(max_rows_per_shard=1))
+    with pytest.raises(StageFailedError, match=r"1 of 6 units failed.*worker was lost"):
+        run_stage(DiesOnOneShard, StageConfig(), DatasetInput(source), str(out), storage)
+    assert len(list((out / PROGRESS_DIR).glob("unit-*.json"))) == 5

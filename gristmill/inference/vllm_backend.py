@@ -117,6 +117,7 @@ class VLLMGenerator:
         import ray
 
         from gristmill.runtime import ensure_ray
+        from gristmill.storage.ray_io import configure_ray_data
 
         cfg = self.config
         rendered = render_prompts(self.tokenizer, cfg, prompts)
@@ -124,6 +125,7 @@ class VLLMGenerator:
         if not rendered:
             return []
         ensure_ray()
+        configure_ray_data()
         n = cfg.num_return_sequences
         if seeds is not None and len(seeds) != len(rendered):
             raise ValueError(f"{len(seeds)} seeds for {len(rendered)} prompts")

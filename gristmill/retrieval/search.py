@@ -151,6 +151,12 @@ class RaySearcher:
         parts = ray.get([a.search.remote(queries, k, nprobe) for a in self.actors])
         return [item for part in parts for item in part]
 
+    def nodes(self) -> list[str]:
+        """The Ray node of each actor, in actor order."""
+        import ray
+
+        return ray.get([a.node.remote() for a in self.actors])
+
     def close(self) -> None:
         import ray
 
