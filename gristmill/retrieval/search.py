@@ -127,6 +127,12 @@ class ShardGroupActor:
                nprobe: int | None) -> list[tuple[int, np.ndarray, np.ndarray]]:
         return [search_shard(self.store, s, queries, k, nprobe) for s in self.shard_ids]
 
+    def node_id(self) -> str:
+        """The Ray node holding these shards, so a cluster shows where its indexes live."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class RaySearcher:
     """Shards spread round-robin over `actors` Ray actors (one at least, one per shard at
@@ -155,7 +161,7 @@ class RaySearcher:
         """The Ray node of each actor, in actor order."""
         import ray
 
-        return ray.get([a.node.remote() for a in self.actors])
+        return ray.get([a.node_id.remote() for a in self.actors])
 
     def close(self) -> None:
         import ray
