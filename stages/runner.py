@@ -21,6 +21,8 @@ shards are deleted after the switch.
 from __future__ import annotations
 
 import hashlib
+import logging
+import posixpath
 import sys
 import time
 import traceback
@@ -46,10 +48,28 @@ from gristmill.stages.base import (
     StageInputError,
     WorkUnit,
 )
-from gristmill.stages.chain import OUTPUT, ChainPlan, Link, UnitRecord, process_unit
+from gristmill.stages.chain import (
+    OUTPUT,
+    ChainPlan,
+    Link,
+    UnitRecord,
+    process_unit,
+    record_location,
+)
 from gristmill.stages.code_version import code_version
-from gristmill.storage.errors import UnreadableManifestError
-from gristmill.storage.fs import Location, read_bytes, remove_tree, resolve, write_bytes_atomic
+from gristmill.storage.errors import (
+    ChecksumMismatchError,
+    CorruptShardError,
+    UnreadableManifestError,
+)
+from gristmill.storage.fs import (
+    Location,
+    read_bytes,
+    remove_file,
+    remove_tree,
+    resolve,
+    write_bytes_atomic,
+)
 from gristmill.storage.manifest import (
     PROGRESS_DIR,
     REJECTED_DIR,
@@ -61,10 +81,12 @@ from gristmill.storage.manifest import (
     is_committed,
     load_manifest,
 )
+from gristmill.storage.reader import iter_shard_file
 from gristmill.storage.writer import commit_dataset, prepare_output, remove_unlisted_shards
 
 PLAN_FILE = "plan.json"
 GENERATION_CHARS = 12
+log = logging.getLogger(__name__)
 
 
 class StageFailedError(RuntimeError):
@@ -246,14 +268,16 @@ def _execute(links: list[Link], resources: Resources, plan: ChainPlan, source: S
 
 
 def _committed(out: Location) -> Manifest | None:
-    """The committed manifest at `out`, if any; one this code cannot read is cleared away."""
+    """The committed manifest at `out`, if any. One this code cannot read (damaged, or from
+    a newer gristmill) is refused, never deleted: it may be someone's only copy."""
     if not is_committed(out):
         return None
     try:
         return load_manifest(out)
-    except UnreadableManifestError:
-        prepare_output(out, overwrite=True)
-        return None
+    except UnreadableManifestError as err:
+        raise StageInputError(f"{err}. The output is left as it is: read it with the "
+                              "gristmill that wrote it, or move it away (or delete it) to "
+                              "write a new one here") from err
 
 
 def _reusable(out: Location, committed: Manifest | None, key: str) -> bool:
@@ -308,14 +332,14 @@ def _recorded_files(records: dict[int, UnitRecord]) -> dict[str, set[str]]:
     return files
 
 
-def _start_or_resume(out: Location, key: str, plan: ChainPlan,
-                     committed: Manifest | None) -> dict[int, UnitRecord]:
-    """Recorded units of an interrupted run with the same key; stale work is cleared,
-    the committed dataset (if any) is left untouched."""
+def _start_or_resume(out: Location, key: str, plan: ChainPlan, stages: Sequence[MapStage],
+                     units: set[int], committed: Manifest | None) -> dict[int, UnitRecord]:
+    """Recorded units of an interrupted run with the same key that pass every check; stale
+    work is cleared, the committed dataset (if any) is left untouched."""
     plan_file = out.join(PROGRESS_DIR, PLAN_FILE)
     records: dict[int, UnitRecord] = {}
     if plan_file.exists() and canonical_json(key) == read_bytes(plan_file).decode():
-        records = _read_records(out)
+        records = _read_records(out, plan, stages, units, key[:GENERATION_CHARS])
     else:
         if committed is None:
             prepare_output(out, overwrite=False)
@@ -339,19 +363,69 @@ def _chain_folders(out: Location) -> set[str]:
             and info.base_name.startswith(("rejected-", "kept-"))}
 
 
-def _read_records(out: Location) -> dict[int, UnitRecord]:
-    """Unit records on disk; an unreadable one only means its unit runs again."""
+def _read_records(out: Location, plan: ChainPlan, stages: Sequence[MapStage],
+                  units: set[int], generation: str) -> dict[int, UnitRecord]:
+    """Unit records on disk that pass `_distrust`; any other record is deleted and its unit
+    runs again, so nothing a record claims is committed unchecked."""
     records = {}
     selector = pafs.FileSelector(out.join(PROGRESS_DIR).path)
     for info in out.fs.get_file_info(selector):
-        if info.base_name.startswith("unit-") and info.base_name.endswith(".json"):
-            try:
-                record = UnitRecord.model_validate_json(
-                    read_bytes(out.join(PROGRESS_DIR, info.base_name)))
-            except ValidationError:
-                continue
+        if not (info.base_name.startswith("unit-") and info.base_name.endswith(".json")):
+            continue
+        location = out.join(PROGRESS_DIR, info.base_name)
+        try:
+            record = UnitRecord.model_validate_json(read_bytes(location))
+            problem = _distrust(record, info.base_name, out, plan, stages, units, generation)
+        except ValidationError as err:
+            record, problem = None, f"unreadable ({err.error_count()} errors)"
+        if problem is None:
             records[record.index] = record
+        else:
+            log.warning("%s: progress record %s is not trusted (%s); its unit runs again",
+                        out.uri(), info.base_name, problem)
+            remove_file(location)
     return records
+
+
+def _distrust(record: UnitRecord, file_name: str, out: Location, plan: ChainPlan,
+              stages: Sequence[MapStage], units: set[int], generation: str) -> str | None:
+    """Why a progress record cannot be trusted, or None: it must name its own file and a
+    unit of this input, balance every link's rows, list only this unit's shards in this
+    chain's folders, and every shard must be on disk with its recorded size, rows and
+    checksum."""
+    if file_name != posixpath.basename(record_location(out, record.index).path):
+        return f"it names unit {record.index}"
+    if record.index not in units:
+        return f"unit {record.index} is not a unit of this input"
+    if len(record.links) != len(stages):
+        return f"{len(record.links)} link counts for {len(stages)} links"
+    for index, (stage, counts) in enumerate(zip(stages, record.links, strict=True)):
+        if not stage.fan_out and counts.rows_in != counts.rows_out + counts.rows_rejected:
+            return (f"{stage.name}: rows_in {counts.rows_in} != rows_out {counts.rows_out} + "
+                    f"rows_rejected {counts.rows_rejected}")
+        if index and counts.rows_in != record.links[index - 1].rows_out:
+            return f"{stage.name} took {counts.rows_in} rows, the link before gave " \
+                   f"{record.links[index - 1].rows_out}"
+    expected = {plan.rejected[i]: c.rows_rejected for i, c in enumerate(record.links)}
+    expected.update({plan.kept[i]: c.rows_out for i, c in enumerate(record.links)
+                     if plan.kept[i] is not None})
+    if set(record.shards) != set(expected):
+        return f"folders {sorted(record.shards)}, the chain writes {sorted(expected)}"
+    prefix = f"part-{generation}-{record.index:05d}-"
+    for folder, shards in record.shards.items():
+        if sum(s.rows for s in shards) != expected[folder]:
+            return f"{folder or 'output'} shards hold {sum(s.rows for s in shards)} rows, " \
+                   f"the counts say {expected[folder]}"
+        for shard in shards:
+            if not shard.file.startswith(prefix) or "/" in shard.file:
+                return f"shard {shard.file} is not this unit's"
+            try:
+                for _ in iter_shard_file(_location(out, folder).join(shard.file), shard,
+                                         verify=True):
+                    pass
+            except (CorruptShardError, ChecksumMismatchError) as err:
+                return str(err)
+    return None
 
 
 def check_disjoint(out: Location, refs: list[InputRef]) -> None:
@@ -430,9 +504,10 @@ def run_chain(
         return _results(committed, out, key, True, wall)
 
     started = datetime.now(UTC)
-    records = _start_or_resume(out, key, plan, committed)
+    units = source.units()
+    records = _start_or_resume(out, key, plan, stages, {u.index for u in units}, committed)
     reused = len(records)
-    pending = [u for u in source.units() if u.index not in records]
+    pending = [u for u in units if u.index not in records]
     failures: list[str] = []
     if pending:
         ensure_ray(runtime.ray)

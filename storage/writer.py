@@ -243,12 +243,14 @@ def _holds_datasets(folder: Location) -> bool:
 
 
 def remove_unlisted_shards(folder: Location, listed: set[str]) -> None:
-    """Delete shard files no record lists (left by a killed unit or a retried task)."""
+    """Delete shard files no record lists (left by a killed unit or a retried task), and
+    the temp files of atomic writes a kill interrupted (a half-written manifest, say)."""
     if not folder.exists():
         return
     for info in folder.fs.get_file_info(pafs.FileSelector(folder.path)):
-        if _SHARD_NAME.fullmatch(info.base_name) and info.base_name not in listed:
-            remove_file(folder.join(info.base_name))
+        name = info.base_name
+        if (_SHARD_NAME.fullmatch(name) and name not in listed) or _TEMP_NAME.fullmatch(name):
+            remove_file(folder.join(name))
 
 
 def prepare_output(out: Location, *, overwrite: bool) -> None:

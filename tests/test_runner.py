@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pytest
@@ -270,3 +274,117 @@ def test_a_worker_that_dies_fails_only_its_unit_and_the_rest_are_recorded(
     with pytest.raises(StageFailedError, match=r"1 of 6 units failed.*worker was lost"):
         run_stage(DiesOnOneShard, StageConfig(), DatasetInput(source), str(out), storage)
     assert len(list((out / PROGRESS_DIR).glob("unit-*.json"))) == 5
+
+
+class FailsOnId(TextFilter):
+    """The text filter, made to fail on chosen ids (a class attribute, so a test can leave
+    progress records behind as a killed run does, then rerun the same stage)."""
+
+    fail_on: ClassVar[frozenset[str]] = frozenset()
+
+    def process(self, batch: pa.Table) -> Split:
+        if self.fail_on & set(batch.column("id").to_pylist()):
+            raise RuntimeError("interrupted")
+        return super().process(batch)
+
+
+def _edit_record(field: Callable[[dict], None]) -> Callable[[Path, dict], None]:
+    def tamper(out: Path, record: dict) -> None:
+        field(record)
+        (out / PROGRESS_DIR / "unit-00003.json").write_text(json.dumps(record))
+    return tamper
+
+
+def _first_shard(out: Path, record: dict) -> Path:
+    return out / record["shards"][""][0]["file"]
+
+
+def _flip_byte(out: Path, record: dict) -> None:
+    shard = _first_shard(out, record)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def _other_units_shards(out: Path, record: dict) -> None:
+    other = json.loads((out / PROGRESS_DIR / "unit-00004.json").read_text())
+    _edit_record(lambda r: r.update(shards=other["shards"]))(out, record)
+
+
+def _shard(record: dict) -> dict:
+    return record["shards"][""][0]
+
+
+def _other_checksum(checksum: str) -> str:
+    return checksum[:-1] + ("1" if checksum.endswith("0") else "0")
+
+
+TAMPERINGS: dict[str, Callable[[Path, dict], None]] = {
+    "index names another unit": _edit_record(lambda r: r.update(index=4)),
+    "index outside the input": _edit_record(lambda r: r.update(index=999)),
+    "shard rows": _edit_record(lambda r: _shard(r).update(rows=_shard(r)["rows"] + 1)),
+    "shard bytes": _edit_record(lambda r: _shard(r).update(bytes=7)),
+    "shard checksum": _edit_record(
+        lambda r: _shard(r).update(checksum=_other_checksum(_shard(r)["checksum"]))),
+    "rows_in": _edit_record(lambda r: r["links"][0].update(rows_in=r["links"][0]["rows_in"] + 1)),
+    "another unit's shards": _other_units_shards,
+    "deleted shard": lambda out, record: _first_shard(out, record).unlink(),
+    "flipped byte in a shard": _flip_byte,
+    "truncated record": lambda out, record: (out / PROGRESS_DIR / "unit-00003.json").write_text(
+        json.dumps(record)[:40]),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(brown: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
+    out = str(tmp_path_factory.mktemp("whole") / "filtered")
+    run_stage(FailsOnId, TextFilterConfig(), DatasetInput(brown), out, QUIET)
+    return sorted(ids(out)), sorted(ids(f"{out}/rejected"))
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_a_tampered_progress_record_is_redone_never_committed(
+        tampering: str, brown: str, uninterrupted: tuple[list, list], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "filtered"
+    last_id = Dataset.open(brown).read_shard(19).column("id")[0].as_py()
+    FailsOnId.fail_on = frozenset({last_id})
+    try:
+        with pytest.raises(StageFailedError, match="1 of 20 units failed"):
+            run_stage(FailsOnId, TextFilterConfig(), DatasetInput(brown), str(out), QUIET)
+    finally:
+        FailsOnId.fail_on = frozenset()
+    record = json.loads((out / PROGRESS_DIR / "unit-00003.json").read_text())
+    TAMPERINGS[tampering](out, record)
+    with caplog.at_level(logging.WARNING, logger="gristmill.stages.runner"):
+        result = run_stage(FailsOnId, TextFilterConfig(), DatasetInput(brown), str(out), QUIET)
+    assert "is not trusted" in caplog.text
+    assert result.stats.units_reused == 18
+    assert (sorted(ids(str(out))), sorted(ids(f"{out}/rejected"))) == uninterrupted
+    Dataset.open(str(out), verify=True).rejected.to_table()
+
+
+def test_an_output_this_code_cannot_read_is_refused_and_left_as_it_is(
+        brown: str, tmp_path: Path) -> None:
+    out = tmp_path / "filtered"
+    run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), str(out), QUIET)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(StageInputError, match=r"format version 99.*left as it is"):
+        run_stage(TextFilter, TextFilterConfig(min_words=10), DatasetInput(brown), str(out),
+                  QUIET)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert json.loads((out / "manifest.json").read_text())["format_version"] == 99
+
+
+def test_a_manifest_temp_file_left_by_a_kill_is_cleaned_by_the_next_run(
+        brown: str, tmp_path: Path) -> None:
+    out = tmp_path / "filtered"
+    run_stage(TextFilter, TextFilterConfig(), DatasetInput(brown), str(out), QUIET)
+    stale = out / f"manifest.json.tmp-{'a' * 32}"
+    stale.write_text('{"format_ver')
+    run_stage(TextFilter, TextFilterConfig(min_words=10), DatasetInput(brown), str(out), QUIET)
+    assert not stale.exists()
+    assert Dataset.open(str(out), verify=True).manifest.lineage is not None
