@@ -31,11 +31,13 @@ from common import load_average, write_json
 from rich.console import Console
 from rich.table import Table
 
+from gristmill.config import RuntimeConfig
 from gristmill.inference import Embedder, EmbedderConfig
 from gristmill.scoring.near_dup import MinHasher, exact_key, near_duplicate_groups
 from gristmill.scoring.pruning import assign, l2_normalize, train_spherical_kmeans
 from gristmill.sources import resolve
-from gristmill.stages.dedup import DedupConfig, duplicate_decisions
+from gristmill.stages.dedup import DedupConfig, duplicate_decisions, read_decisions
+from gristmill.storage.fs import resolve as resolve_location
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vector_array
 from gristmill.storage.writer import write_table
@@ -100,12 +102,19 @@ def run_size(rows: int, texts: list[str], vectors: np.ndarray, clusters: int,
                 pa.array(signatures.ravel(), pa.uint64()), signatures.shape[1])}),
             max_rows=10_000)
         dataset = Dataset.open(uri)
+        def decided(config: DedupConfig, work: str) -> dict:
+            found = duplicate_decisions(dataset, config, id_column="id",
+                                        vector_column="embedding",
+                                        work=resolve_location(str(Path(folder) / work)),
+                                        runtime=RuntimeConfig(progress=False))
+            return read_decisions(found, len(dataset.shards))
+
         semantic_only = DedupConfig(exact=False, minhash=False, eps=0.05)
-        found = record("semdedup (spill + per cluster)", lambda: duplicate_decisions(
-            dataset, semantic_only, id_column="id", vector_column="embedding"))
-        steps["semdedup (spill + per cluster)"]["removed"] = len(found)
-        found = record("duplicate barrier (all passes)", lambda: duplicate_decisions(
-            dataset, DedupConfig(eps=0.05), id_column="id", vector_column="embedding"))
+        found = record("semdedup (workers, per cluster)",
+                       lambda: decided(semantic_only, "work-semantic"))
+        steps["semdedup (workers, per cluster)"]["removed"] = len(found)
+        found = record("duplicate barrier (all passes)",
+                       lambda: decided(DedupConfig(eps=0.05), "work-all"))
         steps["duplicate barrier (all passes)"]["removed"] = len(found)
     steps["largest cluster"] = {"rows": int(np.bincount(labels).max())}
     return steps

@@ -91,10 +91,14 @@ def resolve_keep_fraction(keep_fraction: float | None, pool_rows: int, budget_ro
 
 
 def _quotas(labels: np.ndarray, total: int) -> dict[int, int]:
-    """Per-cluster keep counts proportional to size, summing exactly to `total` (largest
-    remainder, ties to the smaller cluster id)."""
     clusters, sizes = np.unique(labels, return_counts=True)
-    exact = sizes * (total / len(labels))
+    return cluster_quotas(clusters, sizes, total)
+
+
+def cluster_quotas(clusters: np.ndarray, sizes: np.ndarray, total: int) -> dict[int, int]:
+    """Per-cluster keep counts proportional to size, summing exactly to `total` (largest
+    remainder, ties to the smaller cluster id). `clusters` ascending, sizes > 0."""
+    exact = sizes * (total / int(sizes.sum()))
     counts = np.floor(exact).astype(np.int64)
     short = total - int(counts.sum())
     order = np.lexsort((clusters, -(exact - counts)))

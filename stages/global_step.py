@@ -42,6 +42,7 @@ from gristmill.storage.manifest import (
     InputRef,
     Lineage,
     Manifest,
+    ShardInfo,
     StageStats,
     content_sha256,
     load_manifest,
@@ -89,6 +90,11 @@ class StepSink:
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
         self.writer.write(table)
         self.rows += table.num_rows
+
+    def adopt(self, shards: list[ShardInfo]) -> None:
+        """Output shards the step's worker tasks wrote into `location` themselves."""
+        self.writer.adopt(shards)
+        self.rows += sum(shard.rows for shard in shards)
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

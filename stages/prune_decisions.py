@@ -1,32 +1,37 @@
 """prune_decisions (global step): exact, MinHash and semantic duplicates (stages/dedup.py),
-then the prototype cut over the survivors: one row per rejected id, the report's summary in
-the manifest. A duplicate whose kept copy the cut then prunes says so in its detail.
+then the prototype cut over the survivors (stages/prototype_cut.py): one row per rejected
+id, the report's summary in the manifest. A duplicate whose kept copy the cut then prunes
+says so in its detail. Every phase runs on the workers; the last one joins each duplicate
+with the cut's decision about its kept row (both hashed by that row's id) and writes the
+decisions, sorted by id within each partition, as the step's output shards.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from gristmill.config import FrozenModel
+from gristmill.config import FrozenModel, StorageConfig
 from gristmill.scoring.duplicates import Duplicate, Duplicates
-from gristmill.scoring.pruning import (
-    keep_hard,
-    resolve_keep_fraction,
-    select_prototypes,
-    tiebreak_keys,
-)
 from gristmill.stages.dedup import DedupConfig, duplicate_decisions
 from gristmill.stages.global_step import GlobalStep, StepSink
+from gristmill.stages.lsh_dedup import DECISION_SCHEMA as DUPLICATE_SCHEMA
+from gristmill.stages.lsh_dedup import shard_refs
+from gristmill.stages.prototype_cut import prototype_cut
 from gristmill.stages.prune import PrototypeConfig, PruneConfig
+from gristmill.stages.routed_files import RoutedFiles, partition_of, run_phase, run_tasks
+from gristmill.storage.fs import Location
+from gristmill.storage.manifest import ShardInfo
 from gristmill.storage.reader import Dataset
+from gristmill.storage.writer import ShardSetWriter
 
-HISTOGRAM_BINS = 40
+DECISIONS_PER_TASK = 200_000
+"""Input rows per task of the decisions' last phases (a partition's decisions in memory)."""
 DECISION_SCHEMA = pa.schema([
     pa.field("id", pa.string()), pa.field("reason", pa.string()),
     pa.field("duplicate_of", pa.string()), pa.field("score", pa.float64()),
@@ -48,36 +53,38 @@ class DecisionSummary(BaseModel):
     pruned_counts: list[int] = Field(default_factory=list, description="Pruned rows per bin")
 
 
-def _prototype_cut(dataset: Dataset, removed: Duplicates, config: DecisionsConfig,
-                   ) -> tuple[Duplicates, DecisionSummary]:
-    ids: list[str] = []
-    clusters, scores = [], []
-    for batch in dataset.iter_batches(columns=[config.id_column, "cluster",
-                                               "centroid_distance"]):
-        batch_ids = batch.column(0).to_pylist()
-        alive = np.array([i not in removed for i in batch_ids], bool)
-        ids.extend(i for i, a in zip(batch_ids, alive, strict=True) if a)
-        clusters.append(batch.column(1).to_numpy()[alive])
-        scores.append(batch.column(2).to_numpy()[alive])
-    labels = np.concatenate(clusters) if clusters else np.zeros(0, np.int32)
-    score = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-    summary = DecisionSummary(rows=dataset.num_rows, reasons={}, cluster_sizes=[])
-    cfg = config.prototypes
-    if not cfg.enabled:
-        return {}, summary
-    hard = keep_hard(cfg.strategy, len(ids), cfg.budget_rows, cfg.abundance_ratio)
-    fraction = resolve_keep_fraction(cfg.keep_fraction, len(ids), cfg.budget_rows,
-                                     cfg.min_keep_fraction)
-    keep = select_prototypes(score, fraction, hard=hard, labels=labels, balance=cfg.balance,
-                             tiebreak=tiebreak_keys(ids))
-    reason = "pruned_easy" if hard else "pruned_hard"
-    pruned = {ids[i]: Duplicate(reason, "", float(score[i])) for i in np.flatnonzero(~keep)}
-    edges = np.histogram_bin_edges(score, bins=HISTOGRAM_BINS) if len(score) else np.zeros(0)
-    summary = summary.model_copy(update={
-        "keep_hard": hard, "keep_fraction": fraction, "score_edges": edges.tolist(),
-        "kept_counts": np.histogram(score[keep], edges)[0].tolist() if len(score) else [],
-        "pruned_counts": np.histogram(score[~keep], edges)[0].tolist() if len(score) else []})
-    return pruned, summary
+def _route_duplicates(shard: int, removed: RoutedFiles, by_kept: RoutedFiles,
+                      partitions: int) -> dict[str, Any]:
+    """A shard's duplicate decisions, sent where the prototype cut's decision about the row
+    each keeps lands (a hash of that row's id)."""
+    found = removed.read(shard)
+    by_kept.write(found, partition_of(found.column("duplicate_of").to_pylist(), partitions),
+                  f"s{shard:06d}")
+    return {"duplicates": found.num_rows}
+
+
+def _write_decisions(partition: int, by_kept: RoutedFiles, pruned: RoutedFiles,
+                     folder: Location, storage: StorageConfig) -> dict[str, Any]:
+    """One partition's decisions, sorted by id, as output shards written by this task: the
+    rows the cut pruned (hashed here by id) and the duplicates whose kept row hashes here,
+    each told whether the cut then pruned its kept row."""
+    cut = {row["id"]: Duplicate(row["reason"], "", row["score"])
+           for row in pruned.read(partition).to_pylist()}
+    decisions = dict(cut)
+    decisions.update({row["id"]: Duplicate(row["reason"], row["duplicate_of"], row["score"],
+                                           row["matched"] or "")
+                      for row in by_kept.read(partition).to_pylist()})
+    ordered = sorted(decisions.items())
+    writer = ShardSetWriter(folder, DECISION_SCHEMA, prefix=f"part-{partition:05d}",
+                            max_rows=storage.max_rows_per_shard,
+                            max_bytes=storage.max_bytes_per_shard, checksum=storage.checksum)
+    writer.write(pa.table({
+        "id": [i for i, _ in ordered], "reason": [d.reason for _, d in ordered],
+        "duplicate_of": [d.duplicate_of or None for _, d in ordered],
+        "score": [d.score for _, d in ordered],
+        "detail": [_detail(d, cut) for _, d in ordered]}, schema=DECISION_SCHEMA))
+    return {"shards": [shard.model_dump() for shard in writer.close()],
+            "reasons": Counter(d.reason for d in decisions.values())}
 
 
 def _detail(decision: Duplicate, pruned: Duplicates) -> str:
@@ -120,31 +127,25 @@ class PruneDecisions(GlobalStep[DecisionsConfig]):
 
     def run(self, inputs: Sequence[Dataset], sink: StepSink) -> dict[str, Any]:
         cfg, dataset = self.config, inputs[0]
+        runtime = sink.runtime
         removed = duplicate_decisions(dataset, cfg.dedup, id_column=cfg.id_column,
                                       vector_column=cfg.vector_column, work=sink.work,
-                                      runtime=sink.runtime)
-        pruned, summary = _prototype_cut(dataset, removed, cfg)
-        decisions = {**removed, **pruned}
-        ordered = sorted(decisions.items())
-        sink.write(pa.table({
-            "id": [i for i, _ in ordered],
-            "reason": [d.reason for _, d in ordered],
-            "duplicate_of": [d.duplicate_of or None for _, d in ordered],
-            "score": [d.score for _, d in ordered],
-            "detail": [_detail(d, pruned) for _, d in ordered],
-        }, schema=DECISION_SCHEMA))
-        reasons = Counter(decision.reason for decision in decisions.values())
-        return summary.model_copy(update={
-            "reasons": dict(reasons), "cluster_sizes": _cluster_sizes(dataset).tolist(),
-        }).model_dump(mode="json")
-
-
-def _cluster_sizes(dataset: Dataset) -> np.ndarray:
-    sizes = np.zeros(0, np.int64)
-    for batch in dataset.iter_batches(columns=["cluster"]):
-        sizes_batch = np.bincount(batch.column(0).to_numpy())
-        grown = np.zeros(max(len(sizes), len(sizes_batch)), np.int64)
-        grown[:len(sizes)] += sizes
-        grown[:len(sizes_batch)] += sizes_batch
-        sizes = grown
-    return sizes
+                                      runtime=runtime)
+        shards = shard_refs(dataset, runtime)
+        partitions = max(2, math.ceil(dataset.num_rows / DECISIONS_PER_TASK))
+        work = sink.work.join("decisions")
+        cut = prototype_cut(shards, removed, cfg.prototypes, id_column=cfg.id_column,
+                            partitions=partitions, work=work.join("cut"), runtime=runtime)
+        by_kept = RoutedFiles(work.join("by_kept"), DUPLICATE_SCHEMA)
+        if removed is not None:
+            run_phase(work, "route", _route_duplicates,
+                      [(s.index, removed, by_kept, partitions) for s in shards], runtime)
+        written = run_tasks(_write_decisions,
+                            [(p, by_kept, cut.pruned, sink.location, runtime.storage)
+                             for p in range(partitions)], runtime)
+        sink.adopt([ShardInfo(**shard) for part in written for shard in part["shards"]])
+        reasons: Counter[str] = Counter()
+        for part in written:
+            reasons.update(part["reasons"])
+        return DecisionSummary(rows=dataset.num_rows, reasons=dict(reasons),
+                               **cut.summary).model_dump(mode="json")

@@ -73,15 +73,22 @@ def run_phase(work: Location, name: str, task: Callable[..., dict[str, Any]],
               arguments: Sequence[tuple], runtime: RuntimeConfig) -> list[dict[str, Any]]:
     """Run `task(*args)` for every args tuple on the Ray workers and return their summaries;
     a phase finished by an earlier run of the step is not run again."""
+    marker = work.join("_phases", f"{name}.json")
+    if marker.exists():
+        return json.loads(read_bytes(marker))
+    summaries = run_tasks(task, arguments, runtime)
+    write_bytes_atomic(marker, json.dumps(summaries).encode())
+    return summaries
+
+
+def run_tasks(task: Callable[..., dict[str, Any]], arguments: Sequence[tuple],
+              runtime: RuntimeConfig) -> list[dict[str, Any]]:
+    """Run `task(*args)` for every args tuple on the Ray workers, every time: for a last
+    phase that writes into an output the next run clears anyway."""
     import ray
 
     from gristmill.runtime import ensure_ray
 
-    marker = work.join("_phases", f"{name}.json")
-    if marker.exists():
-        return json.loads(read_bytes(marker))
     ensure_ray(runtime.ray)
     remote = ray.remote(num_cpus=1)(task)
-    summaries = ray.get([remote.remote(*args) for args in arguments])
-    write_bytes_atomic(marker, json.dumps(summaries).encode())
-    return summaries
+    return ray.get([remote.remote(*args) for args in arguments])

@@ -318,10 +318,16 @@ class DatasetWriter:
         self.rejected = None
         if rejected_schema is not None:
             self.rejected = ShardSetWriter(self.out.join(REJECTED_DIR), rejected_schema, **bounds)
+        self.adopted: list[ShardInfo] = []
         self.manifest: Manifest | None = None
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
         self.kept.write(table)
+
+    def adopt(self, shards: Iterable[ShardInfo]) -> None:
+        """Shards other processes wrote into this dataset's folder (with its schema and a
+        name of their own), listed after this writer's at the commit."""
+        self.adopted.extend(shards)
 
     def write_rejected(self, table: pa.Table | pa.RecordBatch) -> None:
         if self.rejected is None:
@@ -333,13 +339,16 @@ class DatasetWriter:
         rejected = None
         if self.rejected is not None:
             rejected = (self.rejected.schema, self.rejected.close())
-        self.manifest = commit_dataset(self.out, self.kept.schema, self.kept.close(),
+        self.manifest = commit_dataset(self.out, self.kept.schema,
+                                       [*self.kept.close(), *self.adopted],
                                        rejected=rejected, lineage=lineage, stats=stats,
                                        summary=summary)
         return self.manifest
 
     def abort(self) -> None:
         self.kept.abort()
+        for shard in self.adopted:
+            remove_file(self.out.join(shard.file))
         if self.rejected is not None:
             self.rejected.abort()
 

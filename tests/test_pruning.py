@@ -25,7 +25,7 @@ from gristmill.scoring.pruning import (
     train_spherical_kmeans,
 )
 from gristmill.scoring.semdedup import semdedup
-from gristmill.stages.dedup import DedupConfig, semantic_pass
+from gristmill.stages.dedup import DedupConfig, read_decisions, semantic_pass
 from gristmill.storage.fs import resolve
 from gristmill.storage.reader import Dataset
 from gristmill.storage.vectors import vector_array, vectors_of
@@ -188,10 +188,10 @@ def test_semantic_decisions_on_workers_do_not_depend_on_layout(tmp_path) -> None
     for name, order, shard_rows, partitions in (("a", identity, 45, 1), ("b", shuffled, 4, 3)):
         config = DedupConfig(eps=0.01, block_rows=5, partitions=partitions)
         dataset = scored_dataset(str(tmp_path / name), order, shard_rows)
-        runs.append(semantic_pass(dataset, None, config, id_column="id",
-                                  vector_column="embedding",
-                                  work=resolve(str(tmp_path / f"work-{name}")),
-                                  runtime=RuntimeConfig(progress=False)))
+        found = semantic_pass(dataset, None, config, id_column="id", vector_column="embedding",
+                              work=resolve(str(tmp_path / f"work-{name}")),
+                              runtime=RuntimeConfig(progress=False))
+        runs.append(read_decisions(found, len(dataset.shards)))
     table = Dataset.open(str(tmp_path / "a")).to_table()
     expected = {}
     for cluster in range(3):
