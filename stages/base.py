@@ -148,7 +148,7 @@ class StageInput(Protocol):
 class DatasetInput:
     """A committed gristmill dataset as stage input: one work unit per shard."""
 
-    def __init__(self, uri: str, *, verify: bool = False) -> None:
+    def __init__(self, uri: str, *, verify: bool = True) -> None:
         self.dataset = Dataset.open(uri)
         self.verify = verify
 

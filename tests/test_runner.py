@@ -388,3 +388,21 @@ def test_a_manifest_temp_file_left_by_a_kill_is_cleaned_by_the_next_run(
     run_stage(TextFilter, TextFilterConfig(min_words=10), DatasetInput(brown), str(out), QUIET)
     assert not stale.exists()
     assert Dataset.open(str(out), verify=True).manifest.lineage is not None
+
+
+def test_a_flipped_byte_in_an_input_shard_fails_its_unit_naming_the_file(
+        brown: str, tmp_path: Path) -> None:
+    """Checksums are verified by default: the wrong text never reaches the next output."""
+    copy = tmp_path / "brown"
+    copy.mkdir()
+    for item in Path(brown).iterdir():
+        if item.is_file():
+            (copy / item.name).write_bytes(item.read_bytes())
+    victim = sorted(copy.glob("part-*.arrow"))[5]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(StageFailedError, match="1 of 20 units failed") as failure:
+        run_stage(TextFilter, TextFilterConfig(), DatasetInput(str(copy)),
+                  str(tmp_path / "out"), QUIET)
+    assert "ChecksumMismatchError" in str(failure.value) and victim.name in str(failure.value)

@@ -8,6 +8,7 @@ tests that start them are few and small. The rest simulate a worker by patching
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,7 @@ from gristmill.loading.stream import (
     to_hf_dataset,
     to_hf_iterable,
 )
-from gristmill.storage.errors import SchemaMismatchError
+from gristmill.storage.errors import ChecksumMismatchError, CorruptShardError, SchemaMismatchError
 from gristmill.storage.reader import Dataset
 from gristmill.storage.writer import write_table
 
@@ -483,3 +484,23 @@ def test_spawned_workers_give_the_same_order(uneven: str) -> None:
         return idx_batches(StreamLoader(stream, **kwargs))
 
     assert run(num_workers=2, multiprocessing_context="spawn") == run()
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "flipped schema byte", "deleted"])
+def test_a_damaged_shard_is_a_typed_error_naming_it(uneven: str, tmp_path: Path,
+                                                    damage: str) -> None:
+    """Verified by default: no wrong row reaches the trainer, and no raw Arrow or OS error."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for item in Path(uneven).iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    victim = sorted(copy.glob("part-*.arrow"))[2]
+    data = bytearray(victim.read_bytes())
+    if damage == "deleted":
+        victim.unlink()
+    else:
+        data[len(data) // 2 if damage == "flipped byte" else 20] ^= 0x01
+        victim.write_bytes(bytes(data))
+    error = CorruptShardError if damage == "deleted" else ChecksumMismatchError
+    with pytest.raises(error, match=re.escape(victim.name)):
+        list(ShardStream(str(copy), batch_size=64, shuffle=False, format="arrow"))

@@ -32,7 +32,7 @@ class ShardCache:
 
     def _read(self, index: int) -> pa.Table:
         location = self.dataset.shard_location(index)
-        if location.is_local and hasattr(os, "posix_fadvise"):
+        if location.is_local and hasattr(os, "posix_fadvise") and os.path.isfile(location.path):
             fd = os.open(location.path, os.O_RDONLY)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)

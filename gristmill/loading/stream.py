@@ -67,7 +67,7 @@ class StreamConfig(BaseModel):
     shuffle: bool = True
     drop_last: bool = False
     format: StreamFormat = "torch"
-    verify: bool = False
+    verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class ShardStream(IterableDataset):
                  columns: Sequence[str] | None = None, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, format: StreamFormat = "torch",
                  rank: int | None = None, world_size: int | None = None,
-                 verify: bool = False) -> None:
+                 verify: bool = True) -> None:
         self.config = StreamConfig(
             batch_size=batch_size, columns=tuple(columns) if columns is not None else None,
             seed=seed, shuffle=shuffle, drop_last=drop_last, format=format, verify=verify)

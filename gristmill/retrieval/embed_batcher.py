@@ -3,9 +3,10 @@
 One model embeds one batch at a time, so under many clients each request used to wait for
 every request ahead of it, each embedded alone. The batcher gathers the texts of requests
 that arrive within a short window (or until a size cap), embeds them in one call on its own
-thread, and gives each request back its own rows. A failed call fails every request in it;
-the thread carries on with the next batch (and should it ever stop, queued and later
-requests fail at once rather than wait).
+thread, and gives each request back its own rows. A failed shared call is tried again
+request by request, so one client's text that breaks the model fails only that client's
+request; the thread carries on with the next batch (and should it ever stop, queued and
+later requests fail at once rather than wait).
 """
 
 from __future__ import annotations
@@ -128,10 +129,12 @@ class EmbedBatcher:
             return
         texts = [text for job in jobs for text in job.texts]
         try:
-            vectors = np.asarray(self.embed(texts))
-            if len(vectors) != len(texts):
-                raise ValueError(f"embedder returned {len(vectors)} rows for {len(texts)} texts")
+            vectors = self._call(texts)
         except BaseException as err:  # every waiting request must hear of it, not hang
+            if isinstance(err, Exception) and len(jobs) > 1:
+                for job in jobs:
+                    self._embed([job])
+                return
             for job in jobs:
                 job.future.set_exception(err)
             if not isinstance(err, Exception):
@@ -141,3 +144,9 @@ class EmbedBatcher:
         for job in jobs:
             job.future.set_result(vectors[start:start + len(job.texts)])
             start += len(job.texts)
+
+    def _call(self, texts: list[str]) -> np.ndarray:
+        vectors = np.asarray(self.embed(texts))
+        if len(vectors) != len(texts):
+            raise ValueError(f"embedder returned {len(vectors)} rows for {len(texts)} texts")
+        return vectors
