@@ -107,6 +107,17 @@ def _pool(shard: ShardRef, columns: list[str], removed: RoutedFiles | None,
             "max": float(scores.max()) if len(scores) else None}
 
 
+def _group_rows(labels: np.ndarray, group_ids: list[int]) -> dict[int, np.ndarray]:
+    """Each group's row indices (in row order) from one stable sort of the labels, so a
+    pass costs the same with one group or thousands."""
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    ids = np.asarray(group_ids, labels.dtype)
+    starts = np.searchsorted(ordered, ids, "left")
+    ends = np.searchsorted(ordered, ids, "right")
+    return {g: order[a:b] for g, a, b in zip(group_ids, starts, ends, strict=True)}
+
+
 def _sharing(high: np.ndarray, low: np.ndarray, bits: int, prefix: int) -> np.ndarray:
     """Which keys begin with the `bits`-bit `prefix`."""
     if bits == 0:
@@ -133,8 +144,8 @@ def _count_digits(shard: int, alive: RoutedFiles, groups: dict[int, Group], hard
     high, low = rank_keys(table, hard)
     labels = _groups_of(table, balance)
     found: dict[str, Any] = {}
-    for group_id, group in groups.items():
-        rows = np.flatnonzero(labels == group_id)
+    for group_id, rows in _group_rows(labels, list(groups)).items():
+        group = groups[group_id]
         rows = rows[_sharing(high[rows], low[rows], group.bits, group.prefix)]
         if group.fetch:
             found[str(group_id)] = [[int(h), int(lo)] for h, lo in zip(high[rows], low[rows],
@@ -173,12 +184,12 @@ def _cut(shard: int, alive: RoutedFiles, thresholds: dict[int, tuple[int, int] |
     high, low = rank_keys(table, hard)
     labels = _groups_of(table, balance)
     keep = np.zeros(table.num_rows, bool)
-    for group_id, threshold in thresholds.items():
+    for group_id, rows in _group_rows(labels, list(thresholds)).items():
+        threshold = thresholds[group_id]
         if threshold is None:
             continue
-        rows = labels == group_id
         top, bottom = np.uint64(threshold[0]), np.uint64(threshold[1])
-        keep |= rows & ((high < top) | ((high == top) & (low <= bottom)))
+        keep[rows] = (high[rows] < top) | ((high[rows] == top) & (low[rows] <= bottom))
     gone = table.filter(pa.array(~keep))
     pruned.write(pa.table({"id": gone.column("id"),
                            "reason": pa.array([reason] * gone.num_rows, pa.string()),
