@@ -21,6 +21,7 @@ The driver holds per group a prefix and at most 256 counts: memory by clusters, 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,7 +37,7 @@ from gristmill.scoring.pruning import (
 )
 from gristmill.stages.lsh_dedup import ShardRef
 from gristmill.stages.prune import PrototypeConfig
-from gristmill.stages.routed_files import RoutedFiles, partition_of, run_phase
+from gristmill.stages.routed_files import RoutedFiles, fold_phase, partition_of, run_phase
 from gristmill.storage.fs import Location
 
 DIGIT_BITS = 8
@@ -158,13 +159,37 @@ def _count_digits(shard: int, alive: RoutedFiles, groups: dict[int, Group], hard
     return found
 
 
-def _advance(group: Group, parts: list[Any]) -> None:
-    """Fold one round's answers from every shard into the group's search."""
+def _add_answers(groups: dict[int, Group]) -> Callable[[dict, dict], dict]:
+    """How one shard's answers join the round's total: digit counts add up, fetched keys
+    gather (a fetched group has at most FETCH candidates over all shards)."""
+    def add(total: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+        for key, found in answer.items():
+            if key not in total:
+                total[key] = found
+            elif groups[int(key)].fetch:
+                total[key] = total[key] + found
+            else:
+                total[key] = [a + b for a, b in zip(total[key], found, strict=True)]
+        return total
+    return add
+
+
+def _add_pool(total: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """One shard's cluster sizes and score range joined to the pool's."""
+    merged = {name: sorted((Counter(dict(total[name])) + Counter(dict(answer[name]))).items())
+              for name in ("clusters", "all_clusters")}
+    ends = {name: [v for v in (total[name], answer[name]) if v is not None]
+            for name in ("min", "max")}
+    return {**merged, "min": min(ends["min"], default=None), "max": max(ends["max"], default=None)}
+
+
+def _advance(group: Group, found: list[Any]) -> None:
+    """Fold one round's total (digit counts, or the candidates' keys) into the search."""
     if group.fetch:
-        keys = sorted(tuple(key) for part in parts for key in part)
+        keys = sorted(tuple(key) for key in found)
         group.threshold, group.settled = keys[group.rank - 1], True
         return
-    counts = np.sum([np.asarray(part, np.int64) for part in parts], axis=0)
+    counts = np.asarray(found, np.int64)
     cumulative = np.cumsum(counts)
     digit = int(np.searchsorted(cumulative, group.rank))
     group.rank -= int(cumulative[digit - 1]) if digit else 0
@@ -202,26 +227,19 @@ def _cut(shard: int, alive: RoutedFiles, thresholds: dict[int, tuple[int, int] |
             "pruned": np.histogram(scores[~keep], edges)[0].tolist() if edges else []}
 
 
-def _summed(pairs: list[list[list[int]]]) -> dict[int, int]:
-    """Per-shard (cluster, rows) pairs added up."""
-    total: Counter[int] = Counter()
-    for part in pairs:
-        total.update({cluster: rows for cluster, rows in part})
-    return dict(sorted(total.items()))
-
-
 def prototype_cut(shards: list[ShardRef], removed: RoutedFiles | None, config: PrototypeConfig,
                   *, id_column: str, partitions: int, work: Location,
                   runtime: RuntimeConfig) -> CutResult:
     """The cut over the rows `removed` (decisions routed by shard) leaves: its decisions,
     routed to `partitions` by a hash of the id, and the numbers the report plots."""
     alive = RoutedFiles(work.join("alive"), ALIVE_SCHEMA)
-    pooled = run_phase(work, "pool", _pool,
-                       [(s, [id_column, "cluster", "centroid_distance"], removed, alive)
-                        for s in shards], runtime)
-    sizes = _summed([p["clusters"] for p in pooled])
+    pooled = fold_phase(work, "pool", _pool,
+                        [(s, [id_column, "cluster", "centroid_distance"], removed, alive)
+                         for s in shards], runtime, _add_pool,
+                        {"clusters": [], "all_clusters": [], "min": None, "max": None})
+    sizes = dict(pooled["clusters"])
     rows = sum(sizes.values())
-    every = _summed([p["all_clusters"] for p in pooled])
+    every = dict(pooled["all_clusters"])
     summary: dict[str, Any] = {"cluster_sizes": [every.get(c, 0) for c in
                                                  range(max(every, default=-1) + 1)]}
     pruned = RoutedFiles(work.join("pruned"), PRUNED_SCHEMA)
@@ -247,15 +265,13 @@ def prototype_cut(shards: list[ShardRef], removed: RoutedFiles | None, config: P
         open_groups = {g: group for g, group in groups.items() if not group.settled}
         if not open_groups:
             break
-        answers = run_phase(work, f"round-{round_index:02d}", _count_digits,
-                            [(s.index, alive, open_groups, hard, config.balance)
-                             for s in shards], runtime)
+        answers = fold_phase(work, f"round-{round_index:02d}", _count_digits,
+                             [(s.index, alive, open_groups, hard, config.balance)
+                              for s in shards], runtime, _add_answers(open_groups), {})
         for group_id, group in open_groups.items():
-            _advance(group, [a[str(group_id)] for a in answers if str(group_id) in a])
-    lows = [p["min"] for p in pooled if p["min"] is not None]
-    highs = [p["max"] for p in pooled if p["max"] is not None]
-    edges = np.histogram_bin_edges([min(lows), max(highs)], bins=HISTOGRAM_BINS).tolist() \
-        if lows else []
+            _advance(group, answers[str(group_id)])
+    edges = np.histogram_bin_edges([pooled["min"], pooled["max"]],
+                                   bins=HISTOGRAM_BINS).tolist() if rows else []
     counted = run_phase(work, "cut", _cut,
                         [(s.index, alive, {g: group.threshold for g, group in groups.items()},
                           hard, config.balance, edges,

@@ -81,6 +81,31 @@ def run_phase(work: Location, name: str, task: Callable[..., dict[str, Any]],
     return summaries
 
 
+def fold_phase(work: Location, name: str, task: Callable[..., dict[str, Any]],
+               arguments: Sequence[tuple], runtime: RuntimeConfig,
+               fold: Callable[[Any, dict[str, Any]], Any], start: Any) -> Any:
+    """Like `run_phase`, but each task's summary is folded into `start` as it arrives and
+    only the fold is kept (and recorded), so the driver never holds every task's summary
+    at once: for summaries whose total is small but whose sum over tasks grows with the
+    input (per-cluster counts from every shard, say). The fold must be JSON-able."""
+    import ray
+
+    from gristmill.runtime import ensure_ray
+
+    marker = work.join("_phases", f"{name}.json")
+    if marker.exists():
+        return json.loads(read_bytes(marker))
+    ensure_ray(runtime.ray)
+    remote = ray.remote(num_cpus=1)(task)
+    pending = [remote.remote(*args) for args in arguments]
+    total = start
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        total = fold(total, ray.get(done[0]))
+    write_bytes_atomic(marker, json.dumps(total).encode())
+    return total
+
+
 def run_tasks(task: Callable[..., dict[str, Any]], arguments: Sequence[tuple],
               runtime: RuntimeConfig) -> list[dict[str, Any]]:
     """Run `task(*args)` for every args tuple on the Ray workers, every time: for a last
