@@ -59,6 +59,21 @@ def ids(uri: str) -> list[str]:
     return Dataset.open(uri).to_table(columns=["id"]).column("id").to_pylist()
 
 
+def copy_of(dataset: str, folder: Path) -> Path:
+    """A dataset's files copied to `folder`, to damage without touching the fixture."""
+    folder.mkdir()
+    for item in Path(dataset).iterdir():
+        if item.is_file():
+            (folder / item.name).write_bytes(item.read_bytes())
+    return folder
+
+
+def flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def shard_stamps(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.arrow")}
 
@@ -153,11 +168,7 @@ def test_a_killed_run_resumes_without_redoing_finished_units_or_duplicating_rows
 
 def test_a_corrupt_input_shard_fails_its_unit_clearly_and_keeps_the_rest(
         brown: str, tmp_path: Path) -> None:
-    copy = tmp_path / "brown"
-    copy.mkdir()
-    for item in Path(brown).iterdir():
-        if item.is_file():
-            (copy / item.name).write_bytes(item.read_bytes())
+    copy = copy_of(brown, tmp_path / "brown")
     victim = sorted(copy.glob("part-*.arrow"))[3]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     out = tmp_path / "filtered"
@@ -300,10 +311,7 @@ def _first_shard(out: Path, record: dict) -> Path:
 
 
 def _flip_byte(out: Path, record: dict) -> None:
-    shard = _first_shard(out, record)
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    flip_middle_byte(_first_shard(out, record))
 
 
 def _other_units_shards(out: Path, record: dict) -> None:
@@ -393,15 +401,9 @@ def test_a_manifest_temp_file_left_by_a_kill_is_cleaned_by_the_next_run(
 def test_a_flipped_byte_in_an_input_shard_fails_its_unit_naming_the_file(
         brown: str, tmp_path: Path) -> None:
     """Checksums are verified by default: the wrong text never reaches the next output."""
-    copy = tmp_path / "brown"
-    copy.mkdir()
-    for item in Path(brown).iterdir():
-        if item.is_file():
-            (copy / item.name).write_bytes(item.read_bytes())
+    copy = copy_of(brown, tmp_path / "brown")
     victim = sorted(copy.glob("part-*.arrow"))[5]
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    victim.write_bytes(bytes(data))
+    flip_middle_byte(victim)
     with pytest.raises(StageFailedError, match="1 of 20 units failed") as failure:
         run_stage(TextFilter, TextFilterConfig(), DatasetInput(str(copy)),
                   str(tmp_path / "out"), QUIET)
