@@ -13,8 +13,9 @@ content hashes, code version, storage settings, what is kept) matches is reused 
 Models enter the config hash by content (gristmill/inference/identity.py) and code by its
 syntax tree (stages/code_version.py), so a moved model or an edited comment keeps the key.
 Otherwise the new run writes a new generation of shards beside the committed one, and
-replacing the manifest (an atomic rename, sub-datasets first) switches readers over: until
-then, and if the run fails, the previous output stays readable. The old generation's
+replacing the manifest (one atomic write that holds the output's parts too: rejects and kept
+links) switches readers over: until then, and if the run fails, the previous output stays
+readable. The old generation's
 shards are deleted after the switch.
 """
 
@@ -80,6 +81,7 @@ from gristmill.storage.manifest import (
     canonical_json,
     is_committed,
     load_manifest,
+    restore_part_copies,
 )
 from gristmill.storage.reader import iter_shard_file
 from gristmill.storage.writer import commit_dataset, prepare_output, remove_unlisted_shards
@@ -281,8 +283,8 @@ def _committed(out: Location) -> Manifest | None:
 
 
 def _reusable(out: Location, committed: Manifest | None, key: str) -> bool:
-    """Committed under `key`, its sub-datasets too: a run killed between committing its
-    sub-datasets and its main manifest leaves them from another run."""
+    """Committed under `key`, its sub-datasets too: an output of manifest format 1 committed
+    them by separate writes, so a killed run could leave them from another run."""
     if committed is None or committed.lineage is None or committed.lineage.cache_key != key:
         return False
     for folder in _sub_folders(committed):
@@ -500,6 +502,8 @@ def run_chain(
 
     committed = _committed(out)
     if _reusable(out, committed, key):
+        restore_part_copies(out, committed)
+        _clear_unlisted(out, {OUTPUT, *_sub_folders(committed)}, _committed_files(out, committed))
         remove_tree(out.join(PROGRESS_DIR))
         return _results(committed, out, key, True, wall)
 
@@ -540,17 +544,16 @@ def run_chain(
         finished=datetime.now(UTC))
     shards = {folder: [s for r in ordered for s in r.shards.get(folder, [])]
               for folder in plan.folders}
-    for folder in plan.folders:
-        if folder not in (OUTPUT, REJECTED_DIR):
-            commit_dataset(out.join(folder), plan.schemas[folder], shards[folder],
-                           lineage=lineage)
+    parts = {folder: Manifest.build(plan.schemas[folder], shards[folder], lineage=lineage)
+             for folder in plan.folders if folder not in (OUTPUT, REJECTED_DIR)}
     summary = {"links": [{"stage": stage.name, "kept": plan.kept[i],
                           "rejected": plan.rejected[i],
                           "stats": link_stats[i].model_dump(mode="json")}
                          for i, stage in enumerate(stages)]}
     manifest = commit_dataset(out, plan.schemas[OUTPUT], shards[OUTPUT],
                               rejected=(plan.schemas[REJECTED_DIR], shards[REJECTED_DIR]),
-                              lineage=lineage, stats=_chain_stats(link_stats), summary=summary)
+                              parts=parts, lineage=lineage, stats=_chain_stats(link_stats),
+                              summary=summary)
     new_files = {folder: {s.file for s in listed} for folder, listed in shards.items()}
     _clear_unlisted(out, set(plan.folders), new_files)
     for folder in (_sub_folders(committed) if committed else set()) - set(plan.folders):

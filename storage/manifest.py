@@ -2,6 +2,12 @@
 
 It lists every shard with its row count, size and checksum, the Arrow schema, and the
 lineage that produced the data (stage, full config, inputs by manifest hash, code version).
+
+A stage's output has parts (its rejected rows, kept links of a chain) in sub-folders. Their
+manifests are embedded in the output's own, so one atomic write commits the output and every
+part together: a run killed mid-commit leaves the old output whole or the new one whole,
+never old kept rows beside new rejects. Each part folder also gets a copy of its manifest, so
+it opens as a dataset on its own; the embedded one wins when the two disagree.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import posixpath
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +25,8 @@ from pydantic import BaseModel, Field, ValidationError
 from gristmill.storage.errors import NotADatasetError, UnreadableManifestError
 from gristmill.storage.fs import Location, read_bytes, write_bytes_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: parts embedded in their output's manifest."""
 MANIFEST_NAME = "manifest.json"
 REJECTED_DIR = "rejected"
 PROGRESS_DIR = "_progress"
@@ -89,6 +97,9 @@ class Manifest(BaseModel):
     total_rows: int = 0
     total_bytes: int = 0
     rejected: str | None = Field(default=None, description="sub-folder of rejected rows")
+    parts: dict[str, Manifest] = Field(
+        default_factory=dict, description="manifests of the sub-folder datasets committed "
+                                          "with this one, by folder name")
     lineage: Lineage | None = None
     stats: StageStats | None = None
     summary: dict[str, Any] = Field(
@@ -105,6 +116,7 @@ class Manifest(BaseModel):
         lineage: Lineage | None = None,
         stats: StageStats | None = None,
         summary: dict[str, Any] | None = None,
+        parts: dict[str, Manifest] | None = None,
     ) -> Manifest:
         return cls(
             arrow_schema=encode_schema(schema),
@@ -116,6 +128,7 @@ class Manifest(BaseModel):
             lineage=lineage,
             stats=stats,
             summary=summary or {},
+            parts=parts or {},
         )
 
     @property
@@ -139,17 +152,36 @@ def manifest_location(dataset: Location) -> Location:
 
 
 def is_committed(dataset: Location) -> bool:
-    return manifest_location(dataset).exists()
+    return manifest_location(dataset).exists() or _embedded_part(dataset) is not None
 
 
 def load_manifest(dataset: Location) -> Manifest:
-    """Read a committed manifest, refusing folders that were never committed."""
+    """Read a committed manifest, refusing folders that were never committed. A part of a
+    committed output is read from the output's manifest, where it was committed."""
+    embedded = _embedded_part(dataset)
+    if embedded is not None:
+        return embedded
     loc = manifest_location(dataset)
     if not loc.exists():
         raise NotADatasetError(
             f"{dataset.uri()} has no {MANIFEST_NAME}: it is not a committed gristmill dataset "
             "(the run that wrote it did not finish, or the path is wrong)"
         )
+    return _read_manifest(loc)
+
+
+def _embedded_part(dataset: Location) -> Manifest | None:
+    """The manifest the dataset one folder up embeds for this folder, if it embeds one."""
+    parent_path, name = posixpath.split(dataset.path.rstrip("/"))
+    if not name or not parent_path:
+        return None
+    parent = manifest_location(Location(dataset.fs, parent_path))
+    if not parent.exists():
+        return None
+    return _read_manifest(parent).parts.get(name)
+
+
+def _read_manifest(loc: Location) -> Manifest:
     try:
         manifest = Manifest.model_validate_json(read_bytes(loc))
     except ValidationError as err:
@@ -172,8 +204,23 @@ def content_sha256(manifest: Manifest) -> str:
 
 
 def commit_manifest(dataset: Location, manifest: Manifest) -> None:
-    """Write the manifest last and atomically: before this call the dataset does not exist."""
+    """Write the manifest last and atomically: before this call the dataset does not exist.
+    Its parts are committed by the same write; their folders' copies follow."""
     write_bytes_atomic(manifest_location(dataset), manifest.to_bytes())
+    restore_part_copies(dataset, manifest)
+
+
+def restore_part_copies(dataset: Location, manifest: Manifest) -> list[str]:
+    """Write each part folder's copy of its manifest where it differs from the embedded one
+    (a kill after the commit can leave the last run's copy); the folders rewritten."""
+    restored = []
+    for folder, part in manifest.parts.items():
+        loc = manifest_location(dataset.join(folder))
+        data = part.to_bytes()
+        if not loc.exists() or read_bytes(loc) != data:
+            write_bytes_atomic(loc, data)
+            restored.append(folder)
+    return restored
 
 
 def canonical_json(value: Any) -> str:

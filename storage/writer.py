@@ -276,18 +276,21 @@ def commit_dataset(
     shards: Iterable[ShardInfo],
     *,
     rejected: tuple[pa.Schema, Iterable[ShardInfo]] | None = None,
+    parts: dict[str, Manifest] | None = None,
     lineage: Lineage | None = None,
     stats: StageStats | None = None,
     summary: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Commit a dataset: the rejected sub-dataset first, the main manifest last."""
+    """Commit a dataset and its parts (the rejected rows, other sub-folder datasets) in one
+    atomic manifest write."""
+    parts = dict(parts or {})
     if rejected is not None:
         rejected_schema, rejected_shards = rejected
-        commit_manifest(out.join(REJECTED_DIR), Manifest.build(
-            rejected_schema, list(rejected_shards), lineage=lineage))
+        parts[REJECTED_DIR] = Manifest.build(rejected_schema, list(rejected_shards),
+                                             lineage=lineage)
     manifest = Manifest.build(
         schema, list(shards), rejected=REJECTED_DIR if rejected is not None else None,
-        lineage=lineage, stats=stats, summary=summary,
+        lineage=lineage, stats=stats, summary=summary, parts=parts,
     )
     commit_manifest(out, manifest)
     return manifest

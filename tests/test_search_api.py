@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
@@ -316,6 +317,20 @@ def test_a_failed_call_is_retried_per_request_so_only_the_bad_request_fails() ->
         assert rows(batcher.submit(["5"])) == [5.0]
 
 
+def test_a_deep_rerank_takes_turns_so_a_light_request_waits_one_chunk() -> None:
+    embed = StandIn(hold_first=True)
+    heavy_texts = [str(n) for n in range(40)]
+    with EmbedBatcher(embed, max_texts=4, wait_s=0) as batcher, ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(batcher.embed_in_turns, heavy_texts, 4)
+        assert embed.entered.wait(30)
+        light = batcher.submit(["99"])
+        embed.gate.set()
+        assert rows(light) == [99.0]
+        assert heavy.result(timeout=30)[:, 0].tolist() == [float(t) for t in heavy_texts]
+    assert all(len(call) <= 4 for call in embed.calls)
+    assert embed.calls[:2] == [heavy_texts[:4], ["99"]]
+
+
 def test_a_short_answer_from_the_embedder_is_an_error_not_wrong_rows() -> None:
     with (EmbedBatcher(lambda texts: np.zeros((1, 4), np.float32)) as batcher,
           pytest.raises(ValueError, match="1 rows for 2 texts")):
@@ -387,6 +402,31 @@ def test_bad_clients_fail_only_their_own_requests(served, monkeypatch) -> None:
     assert [r.status_code for r in answers] == [200] * len(good) + [422, 500]
     assert any(recording.poison in call and len(call) > 1 for call in recording.calls), \
         "the poisoned query never shared a call with good ones"
+
+
+@pytest.mark.slow
+def test_a_heavy_rerank_does_not_hold_the_model_from_a_light_request(served,
+                                                                      monkeypatch) -> None:
+    """The rerank's passages are re-embedded in turns of max_embed_batch texts, so a light
+    query sent while a deep rerank runs is embedded before the rerank's last turn."""
+    _, texts, retriever = served
+    recording = Recording(retriever.embed)
+    monkeypatch.setattr(retriever, "embed", recording)
+    light = " ".join(texts[20].split()[:10])
+    heavy = {"queries": " ".join(texts[3].split()[:10]), "k": 10,
+             "options": {"rerank": True, "rerank_depth": 100, "candidates": 200}}
+    with serve_in_thread(retriever, SETTINGS.with_(max_embed_batch=5, rerank_turn=5)) as base, \
+            ThreadPoolExecutor(1) as pool:
+        heavy_answer = pool.submit(post_json, f"{base}/search", heavy)
+        while len(recording.calls) < 3 and not heavy_answer.done():
+            time.sleep(0.01)
+        light_answer = post(base, light)
+        assert heavy_answer.result(timeout=120).status_code == 200
+    assert light_answer.status_code == 200 and hit_ids(light_answer)[0] == "b20"
+    assert max(len(call) for call in recording.calls) <= 5
+    light_call = next(i for i, call in enumerate(recording.calls) if light in call)
+    assert light_call < len(recording.calls) - 1, "the light query waited for the whole rerank"
+    assert len(recording.calls) >= 10, "the rerank was not embedded in turns"
 
 
 @pytest.mark.slow

@@ -98,6 +98,8 @@ def serve(
         help="How long a request waits for others to share one query-embedding call")] = 2.0,
     max_embed_batch: Annotated[int, typer.Option(
         help="Most query texts per shared embedding call")] = 64,
+    rerank_turn: Annotated[int, typer.Option(
+        help="Passages a rerank re-embeds per turn on the shared model")] = 16,
 ) -> None:
     """Serve POST /search and GET /health with uvicorn."""
     from gristmill.net import base_url
@@ -107,7 +109,7 @@ def serve(
 
     try:
         settings = ServerConfig(host=host, port=port, token=token, batch_wait_ms=batch_wait_ms,
-                                max_embed_batch=max_embed_batch)
+                                max_embed_batch=max_embed_batch, rerank_turn=rerank_turn)
         retriever = Retriever.open(datastore, backend=backend, workers=workers)
     except (DatastoreError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err}")

@@ -5,8 +5,9 @@ every request ahead of it, each embedded alone. The batcher gathers the texts of
 that arrive within a short window (or until a size cap), embeds them in one call on its own
 thread, and gives each request back its own rows. A failed shared call is tried again
 request by request, so one client's text that breaks the model fails only that client's
-request; the thread carries on with the next batch (and should it ever stop, queued and
-later requests fail at once rather than wait).
+request. A rerank's many passages go through in batch-sized turns, so a heavy request
+cannot hold the model while light ones wait. The thread carries on after a failed batch
+(and should it ever stop, queued and later requests fail at once rather than wait).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ class EmbedBatcher:
                 raise RuntimeError("the embed batcher is closed")
             self._jobs.put(job)
         return job.future
+
+    def embed_in_turns(self, texts: Sequence[str], turn: int) -> np.ndarray:
+        """Embed many texts (a rerank's passages) `turn` at a time, each turn sent after the
+        last came back: requests arriving meanwhile share a turn's call or go between turns,
+        so a deep rerank delays them by one turn rather than by all of it."""
+        if not texts or turn < 1:
+            raise ValueError(f"need texts and turn >= 1, got {len(texts)} texts, turn {turn}")
+        return np.concatenate([self.submit(texts[start:start + turn]).result()
+                               for start in range(0, len(texts), turn)])
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking texts, embed what is already queued, and join the thread."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 from gristmill.inference import Embedder
 from gristmill.inference.config import EmbedderConfig
 from gristmill.retrieval.datastore import Datastore
+from gristmill.retrieval.embed_batcher import EmbedFn
 from gristmill.retrieval.postprocess import Hit, Passage, SearchOptions, select
 from gristmill.retrieval.search import (
     RaySearcher,
@@ -99,7 +100,10 @@ class Retriever:
 
     def search_vectors(self, vectors: np.ndarray, options: SearchOptions | None = None,
                        eval_texts: Sequence[str] = (),
-                       query_texts: Sequence[str] | None = None) -> list[list[Hit]]:
+                       query_texts: Sequence[str] | None = None,
+                       rerank_embed: EmbedFn | None = None) -> list[list[Hit]]:
+        """Hits per query vector; a rerank re-embeds passages with `rerank_embed` (a server
+        passes one that takes turns with other requests), else with this process's model."""
         options = options or SearchOptions()
         found = search_candidates(self.store, self.searcher, vectors, options.candidates,
                                   options.nprobe)
@@ -109,18 +113,20 @@ class Retriever:
             evals = list(eval_texts)
             if options.decontaminate_query and query_texts is not None:
                 evals.append(query_texts[q])
-            rescore = partial(self.rescore, vectors[q]) if options.rerank else None
+            rescore = (partial(self.rescore, vectors[q], embed=rerank_embed)
+                       if options.rerank else None)
             results.append(select(found.scores[q, valid], found.shards[q, valid],
                                   found.rows[q, valid], self.lookup, options, evals, rescore))
         return results
 
-    def rescore(self, query: np.ndarray, hits: list[Hit]) -> np.ndarray:
+    def rescore(self, query: np.ndarray, hits: list[Hit], *,
+                embed: EmbedFn | None = None) -> np.ndarray:
         """Full inner products for a rerank: stored vectors if kept, else re-embedded text."""
         stored = [self.store.vectors(h.shard_id) for h in hits]
         if all(v is not None for v in stored):
             rows = np.stack([v[h.row] for v, h in zip(stored, hits, strict=True)])
             return rows.astype(np.float32) @ query
-        return self.embed([h.text for h in hits]) @ query
+        return (embed or self.embed)([h.text for h in hits]) @ query
 
     def close(self) -> None:
         self.searcher.close()
