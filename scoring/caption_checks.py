@@ -24,6 +24,13 @@ _REFUSAL = re.compile(r"\b(?:i\s*(?:am|'m)\s+sorry|i\s+(?:can(?:no|')t|am\s+unab
                       re.IGNORECASE)
 
 
+COPIED_SPAN_WORDS = 4
+"""An output of this many words or more found word for word inside the alt-text is a copy:
+a model that cannot fuse often echoes the start of a keyword-stuffed alt-text."""
+KEYWORD_LIST_SEGMENTS = 5
+"""This many comma-separated pieces of under 2.5 words on average read as a keyword list."""
+
+
 def clean_caption(text: str) -> str:
     """Strip a lead-in like 'Merged sentence:', wrapping quotes and whitespace."""
     text = _LEAD_IN.sub("", text.strip())
@@ -75,6 +82,11 @@ def guard(fused: str, raw: str, synthetic: str, *, min_words: int, max_words: in
               _normal(f"{synthetic} {raw}"): "both inputs concatenated"}
     if normal in copies:
         return "copied_input", f"the output repeats {copies[normal]} verbatim"
+    if len(words) >= COPIED_SPAN_WORDS and f" {normal} " in f" {_normal(raw)} ":
+        return "copied_input", "the output is a stretch of the raw alt-text, word for word"
+    segments = [s for s in fused.split(",") if s.strip()]
+    if len(segments) >= KEYWORD_LIST_SEGMENTS and len(words) / len(segments) < 2.5:
+        return "not_a_caption", f"{len(segments)} comma-separated keywords, not a sentence"
     return None
 
 

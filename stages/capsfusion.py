@@ -4,7 +4,8 @@ The alt-text has the real-world details (names, places, numbers) but is badly fo
 synthetic caption is fluent but generic and may be wrong. The prompt asks for one fluent
 sentence that keeps the alt-text's details. Defaults follow the reference inference: the
 prompt capped at 256 tokens by trimming the alt-text's tail (only when over the cap), beam
-search with 3 beams and no sampling, at most 80 new tokens, only new tokens kept. Every
+search with 3 beams and no sampling, at most 80 new tokens, only new tokens kept. The model
+is the embedded Qwen2.5-Coder-0.5B-Instruct (gristmill/inference/packed_models.py). Every
 output passes a guard; a bad generation is a rejected row with its reason.
 """
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from gristmill.inference import Generator, GeneratorConfig, load_generator
+from gristmill.inference.packed_models import INSTRUCT_MODEL
 from gristmill.scoring.caption_checks import clean_caption, entity_retention, guard
 from gristmill.stages.base import (
     STRING_TYPES,
@@ -27,24 +29,26 @@ from gristmill.stages.base import (
 )
 
 INSTRUCTION = (
-    "Two descriptions of the same picture follow. Description A comes from the web: it "
-    "holds the real names, places, numbers and other specifics, but its wording is often "
-    "broken. Description B comes from a captioning model: it reads well, but it is generic "
-    "and may be wrong. Write one fluent sentence that describes the picture, keeping every "
-    "specific detail from A and taking from B only its structure and what A leaves out. Do "
-    "not just join the two descriptions together. Reply with the sentence only."
+    "Two descriptions of the same picture follow. Description A comes from the web: a title, "
+    "often followed by a list of tags. It holds the real names, places, numbers and other "
+    "specifics, but it is not a sentence. Description B comes from a captioning model: it "
+    "reads well, but it is generic and may be wrong. Write one fluent sentence that "
+    "describes the picture. Keep the names, numbers and specific details of A, drop tags "
+    "that only repeat or generalise them, and take from B its wording and what A leaves "
+    "out. Do not list tags, and do not just join the two descriptions. Reply with the "
+    "sentence only."
 )
 
 EXAMPLES: tuple[tuple[str, str, str], ...] = (
     ("eiffel tower paris night lights 2019 trip IMG_2231",
      "a tall tower lit up against a dark sky",
      "The Eiffel Tower in Paris glows with lights against the night sky on a 2019 trip."),
+    ("Schwinn Bicycle 1950s, bike, cycle, schwinn, transport, red, vintage",
+     "a red bicycle leaning on a wall",
+     "A red 1950s Schwinn bicycle leans against a wall."),
     ("Golden Retriever puppy Max 8 weeks old!!",
      "a small dog sitting on the grass",
      "Max, an 8-week-old Golden Retriever puppy, sits on the grass."),
-    ("vintage Olympia typewriter SM3 for sale",
-     "an old typewriter on a wooden table",
-     "A vintage Olympia SM3 typewriter for sale stands on a wooden table."),
 )
 
 
@@ -63,8 +67,9 @@ class CapsFusionConfig(StageConfig):
     raw_column: str = "text"
     synthetic_column: str = "synthetic_caption"
     output_column: str = "fused_caption"
-    generator: GeneratorConfig = GeneratorConfig(num_beams=3, do_sample=False,
-                                                 max_new_tokens=80, batch_size=8)
+    generator: GeneratorConfig = GeneratorConfig(model=INSTRUCT_MODEL, num_beams=3,
+                                                 do_sample=False, max_new_tokens=80,
+                                                 batch_size=8)
     max_prompt_tokens: int = Field(default=256, ge=16,
                                    description="Trim the raw text's tail to fit (paper: 256)")
     few_shot: int = Field(default=0, ge=0, le=len(EXAMPLES),

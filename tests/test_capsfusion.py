@@ -13,6 +13,7 @@ import pytest
 from gristmill.config import RuntimeConfig
 from gristmill.flows.fuse_captions import fusion_report
 from gristmill.inference import GeneratorConfig
+from gristmill.inference.packed_models import INSTRUCT_MODEL
 from gristmill.scoring.caption_checks import clean_caption, entity_retention, guard
 from gristmill.sources import resolve
 from gristmill.stages.base import DatasetInput, StageInputError
@@ -79,11 +80,15 @@ def test_guard_rejects_what_is_not_a_fused_caption() -> None:
         "Eiffel Tower at night Paris 2019 a tower lit up at night": "copied_input",
         "A: Eiffel Tower B: a tower lit up at night": "prompt_echo",
         "a tree, a tree, a tree, a tree near the tower": "repetitive",
+        "Tower at night, Paris": "copied_input",
+        "Tower, night, lights, Paris, city, 2019, tourism": "not_a_caption",
     }
     for text, reason in cases.items():
         assert guard(text, raw, synthetic, **GUARD)[0] == reason, text
-    assert guard("The Eiffel Tower in Paris glows at night in 2019.", raw, synthetic,
-                 **GUARD) is None
+    for fine in ("The Eiffel Tower in Paris glows at night in 2019.",
+                 "Eiffel Tower at night, seen from the river in Paris, 2019.",
+                 "At night in Paris, the Eiffel Tower, lit, towers over the city, its lights on"):
+        assert guard(fine, raw, synthetic, **GUARD) is None, fine
     copied = "Max, an 8-week-old Golden Retriever puppy, sits on the grass."
     assert guard(copied, raw, synthetic, examples=[copied], **GUARD)[0] == "example_copied"
 
@@ -146,7 +151,7 @@ def test_the_real_model_fuses_real_openclipart_rows_through_ray(tmp_path: Path) 
                          RawFilesInput.from_args([str(raw)]), str(tmp_path / "ingest"), quiet)
     config = CapsFusionConfig(
         few_shot=2, max_prompt_tokens=512,
-        generator=GeneratorConfig(num_beams=3, do_sample=False, max_new_tokens=24,
+        generator=GeneratorConfig(model=INSTRUCT_MODEL, num_beams=1, max_new_tokens=48,
                                   batch_size=4))
     result = run_stage(CapsFusion, config, DatasetInput(ingested.output),
                        str(tmp_path / "fused"), quiet)
@@ -155,9 +160,14 @@ def test_the_real_model_fuses_real_openclipart_rows_through_ray(tmp_path: Path) 
     inputs = set(Dataset.open(ingested.output).to_table().column("id").to_pylist())
     kept = Dataset.open(result.output).to_table().to_pylist()
     rejected = Dataset.open(result.output).rejected.to_table().to_pylist()
+    assert len(kept) >= 3, rejected
     for row in kept:
         assert row["parent_id"] == row["id"] and row["id"] in inputs
         assert row["fused_caption"] and row["fusion_tokens"] > 0
+        assert guard(row["fused_caption"], row["text"], row["synthetic_caption"], **GUARD) is None
+        alone = entity_retention(row["text"], row["synthetic_caption"])
+        if alone is not None:
+            assert row["entity_retention"] >= alone, row
     for row in rejected:
         assert row["reject_reason"] and row["reject_stage"] == "capsfusion"
     assert {r["id"] for r in kept} | {r["id"] for r in rejected} == inputs

@@ -196,14 +196,18 @@ def test_rejects_by_id_read_back_in_input_order_with_list_columns(tmp_path: Path
     assert back.column("note").to_pylist() == [f"n={n}" for n in odd.column("n").to_pylist()]
 
 
-def test_an_output_whose_sub_datasets_come_from_another_run_is_not_reused(
+def test_a_part_folders_stale_manifest_copy_is_never_read_and_is_repaired(
         tmp_path: Path) -> None:
+    """A part's manifest is committed inside the output's; the copy in the part's folder
+    (left by a kill from another run, say) is not what readers get, and reuse rewrites it."""
     out = tmp_path / "fused"
     first = run_chain(LINKS, raw(), str(out), QUIET)
     manifest = out / "rejected-ingest" / "manifest.json"
-    data = json.loads(manifest.read_text())
+    committed = manifest.read_text()
+    data = json.loads(committed)
     data["lineage"]["cache_key"] = "a killed run of another config"
     manifest.write_text(json.dumps(data))
+    assert Dataset.open(first[0].rejected).manifest.lineage.cache_key == first[0].cache_key
     again = run_chain(LINKS, raw(), str(out), QUIET)
-    assert not again[0].reused and again[0].cache_key == first[0].cache_key
-    assert Dataset.open(again[0].rejected).manifest.lineage.cache_key == first[0].cache_key
+    assert again[0].reused and again[0].cache_key == first[0].cache_key
+    assert manifest.read_text() == committed

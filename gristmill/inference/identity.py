@@ -22,7 +22,7 @@ import xxhash
 from pydantic import BaseModel
 
 from gristmill.inference.config import ModelPath, PinnedPath
-from gristmill.inference.models import embedded_embedder, embedded_llm
+from gristmill.inference.models import embedded_embedder, embedded_llm, model_path
 from gristmill.sources.cache import cache_dir
 from gristmill.storage.fs import resolve, write_bytes_atomic
 
@@ -119,7 +119,7 @@ def model_location(value: str | None, marker: ModelPath, file_name: str | None) 
     """The file or folder a marked field's value loads (as the loaders resolve it); None when
     it names no model."""
     if value is not None:
-        base = Path(value).expanduser()
+        base = model_path(value)
     elif marker.embedded == "llm":
         source = embedded_llm()
         base = source.folder if file_name else source.path

