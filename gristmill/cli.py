@@ -118,6 +118,8 @@ def run(
         results = entry.flow(params)
     except EXPECTED_ERRORS as err:
         _fail(err)
+    if isinstance(results, dict):  # a flow of several steps returns them by name
+        results = list(results.values())
     for result in results if isinstance(results, list) else [results]:
         _print_result(result)
 

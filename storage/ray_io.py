@@ -119,6 +119,8 @@ class ShardDatasink(Datasink[dict]):
         writer: ShardSetWriter | None = None
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
+            if table.num_rows == 0:
+                continue  # an empty input's block may carry no columns at all
             if writer is None:
                 schema = self.schema or table.schema
                 writer = ShardSetWriter(self.out, schema, prefix=f"part-{ctx.task_idx:05d}",

@@ -50,6 +50,27 @@ def test_unknown_flow_names_the_known_ones() -> None:
     assert "curate" in result.output and "text_filter" in result.output
 
 
+def test_run_prints_every_step_of_a_flow_that_returns_them_by_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """synthesize_questions returns {step: result}; `run` printed nothing and then failed
+    on the dict after the whole flow had finished."""
+    from gristmill.flows.registry import FLOWS, FlowEntry
+    from gristmill.stages.runner import StageResult
+    from gristmill.storage.manifest import StageStats
+
+    def steps(params: object) -> dict[str, StageResult]:
+        return {name: StageResult(stage=name, output=f"/out/{name}", rejected=None,
+                                  cache_key="k", reused=False, wall_seconds=1.0,
+                                  stats=StageStats(rows_in=4, rows_out=3, rows_rejected=1))
+                for name in ("question_gen", "solvability")}
+
+    monkeypatch.setitem(FLOWS, "steps", FlowEntry(steps, FLOWS["ingest"].params))
+    result = runner.invoke(app, ["run", "steps"])
+    assert result.exit_code == 0, result.output
+    assert "question_gen: wrote /out/question_gen" in flat(result.output)
+    assert "solvability: wrote /out/solvability" in flat(result.output)
+
+
 def test_an_invalid_config_value_is_reported_with_its_field(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("text_filter:\n  min_words: many\n")

@@ -94,6 +94,22 @@ def test_read_ray_of_an_empty_dataset_selects_columns(tmp_path: Path) -> None:
     assert ds.columns() == ["id"]
 
 
+def keep_none(table: pa.Table) -> pa.Table:
+    return table.slice(0, 0)
+
+
+def test_an_empty_input_mapped_and_written_commits_an_empty_dataset(tmp_path: Path) -> None:
+    """An empty dataset's block reaches a map with no columns; the write must still commit
+    the declared schema, not fail deep inside Ray (found by a ScaleQuest run where every
+    question was rejected before dedup)."""
+    write_table(str(tmp_path / "empty"), SCHEMA.empty_table())
+    mapped = read_ray(str(tmp_path / "empty"), columns=["id"]).map_batches(
+        keep_none, batch_format="pyarrow")
+    write_ray(mapped, str(tmp_path / "out"), schema=pa.schema([SCHEMA.field("id")]))
+    written = Dataset.open(str(tmp_path / "out"))
+    assert written.num_rows == 0 and written.schema.names == ["id"]
+
+
 def test_read_ray_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
     with pytest.raises(NotADatasetError):
         read_ray(str(tmp_path))
