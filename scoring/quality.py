@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from gristmill.scoring import text_stats
 
@@ -32,14 +33,15 @@ HEURISTIC_FEATURES = ("length", "word_length", "alphabetic", "printable", "uniqu
 
 def heuristic_features(text: str, target_words: int = 50) -> dict[str, float]:
     """Each feature in [0, 1], 1 = looks like clean prose (Gopher rule statistics)."""
-    tokens = text_stats.words(text)
+    words = text_stats.word_table(pa.array([text], pa.string()))
+    count = int(words.counts[0])
     raw_words = text.split()
-    mean = sum(map(len, tokens)) / len(tokens) if tokens else 0.0
-    index = text_stats.NgramIndex(tokens)
+    mean = int(words.chars[0]) / count if count else 0.0
+    index = words.ngrams(0)
     duplicate = max((index.duplicate_ngram_char_fraction(n) for n in range(5, 11)), default=0.0)
     alphabetic = sum(any(c.isalpha() for c in w) for w in raw_words) / max(1, len(raw_words))
     return {
-        "length": min(1.0, len(tokens) / target_words),
+        "length": min(1.0, count / target_words),
         "word_length": 1.0 if 3.0 <= mean <= 10.0 else max(0.0, 1 - abs(mean - 6.5) / 6.5),
         "alphabetic": alphabetic,
         "printable": 1.0 - min(1.0, 10 * text_stats.non_printable_fraction(text)),

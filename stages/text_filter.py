@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from gristmill.scoring import text_stats
@@ -24,6 +25,24 @@ from gristmill.stages.base import (
     require_columns,
     split_by_reasons,
 )
+
+TOKENIZE_BYTES = 4_000_000
+"""Texts are cut into words this many bytes at a time: the word arrays of a 1024-row batch of
+long documents stay a few MB, whatever the batch size."""
+
+
+def byte_slices(texts: pa.Array | pa.ChunkedArray, budget: int) -> list[tuple[int, int]]:
+    """(start, stop) row ranges of about `budget` bytes of text each (a longer text alone)."""
+    sizes = pc.fill_null(pc.binary_length(texts), 0).to_numpy()
+    slices, start, held = [], 0, 0
+    for row, size in enumerate(sizes.tolist()):
+        if held and held + size > budget:
+            slices.append((start, row))
+            start, held = row, 0
+        held += size
+    if start < len(sizes):
+        slices.append((start, len(sizes)))
+    return slices
 
 
 class TextFilterConfig(StageConfig):
@@ -67,30 +86,42 @@ class TextFilter(MapStage[TextFilterConfig]):
         return reject_schema(self.output_schema(input_schema))
 
     def process(self, batch: pa.Table) -> Split:
-        texts = batch.column(self.config.text_column).to_pylist()
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        langs: list[str | None] = []
-        scores: list[float | None] = []
-        counts: list[int | None] = []
-        for text in texts:
-            reason, detail, facts = self.judge(text)
-            reasons.append(reason)
-            details.append(detail)
-            langs.append(facts.get("lang"))
-            scores.append(facts.get("score"))
-            counts.append(facts.get("words"))
+        column = batch.column(self.config.text_column)
+        verdicts: list[tuple[str | None, str | None, dict[str, Any]]] = []
+        for start, stop in byte_slices(column, TOKENIZE_BYTES):
+            verdicts.extend(self.judge_texts(column.slice(start, stop - start)))
         for name in ("lang_id", "lang_score", "word_count"):
             if name in batch.column_names:
                 batch = batch.drop_columns([name])
         schema = self.output_schema(batch.schema)
-        batch = (batch.append_column(schema.field("lang_id"), pa.array(langs, pa.string()))
-                 .append_column(schema.field("lang_score"), pa.array(scores, pa.float32()))
-                 .append_column(schema.field("word_count"), pa.array(counts, pa.int64())))
-        return split_by_reasons(batch, reasons, details, self.name)
+        facts = [verdict[2] for verdict in verdicts]
+        added = {"lang_id": [f.get("lang") for f in facts],
+                 "lang_score": [f.get("score") for f in facts],
+                 "word_count": [f.get("words") for f in facts]}
+        for name, values in added.items():
+            field = schema.field(name)
+            batch = batch.append_column(field, pa.array(values, field.type))
+        return split_by_reasons(batch, [v[0] for v in verdicts], [v[1] for v in verdicts],
+                                self.name)
 
     def judge(self, text: str | None) -> tuple[str | None, str | None, dict[str, Any]]:
         """(reason, detail, facts) for one text; reason None means keep."""
+        return self.judge_texts(pa.array([text], pa.string()))[0]
+
+    def judge_texts(self, texts: pa.Array | pa.ChunkedArray,
+                    ) -> list[tuple[str | None, str | None, dict[str, Any]]]:
+        """A verdict per text. Texts outside the character limits are not cut into words."""
+        cfg = self.config
+        chars = pc.utf8_length(texts)
+        within = pc.greater_equal(chars, cfg.min_chars or 0)
+        if cfg.max_chars is not None:
+            within = pc.and_(within, pc.less_equal(chars, cfg.max_chars))
+        words = text_stats.word_table(pc.if_else(within, texts, pa.scalar(None, pa.string())))
+        return [self._judge_row(text, words, row)
+                for row, text in enumerate(texts.to_pylist())]
+
+    def _judge_row(self, text: str | None, words: text_stats.WordTable, row: int,
+                   ) -> tuple[str | None, str | None, dict[str, Any]]:
         cfg = self.config
         if text is None:
             return "null_text", "text is null", {}
@@ -98,17 +129,17 @@ class TextFilter(MapStage[TextFilterConfig]):
             return "too_short", f"{len(text)} chars < min_chars {cfg.min_chars}", {}
         if cfg.max_chars is not None and len(text) > cfg.max_chars:
             return "too_long", f"{len(text)} chars > max_chars {cfg.max_chars}", {}
-        tokens = text_stats.words(text)
-        facts: dict[str, Any] = {"words": len(tokens)}
-        if cfg.min_words is not None and len(tokens) < cfg.min_words:
-            return "too_few_words", f"{len(tokens)} words < min_words {cfg.min_words}", facts
-        if cfg.max_words is not None and len(tokens) > cfg.max_words:
-            return "too_many_words", f"{len(tokens)} words > max_words {cfg.max_words}", facts
-        mean = sum(map(len, tokens)) / len(tokens) if tokens else 0.0
+        count = int(words.counts[row])
+        facts: dict[str, Any] = {"words": count}
+        if cfg.min_words is not None and count < cfg.min_words:
+            return "too_few_words", f"{count} words < min_words {cfg.min_words}", facts
+        if cfg.max_words is not None and count > cfg.max_words:
+            return "too_many_words", f"{count} words > max_words {cfg.max_words}", facts
+        mean = int(words.chars[row]) / count if count else 0.0
         low, high = cfg.min_mean_word_length, cfg.max_mean_word_length
         if (low is not None and mean < low) or (high is not None and mean > high):
             return "mean_word_length", f"mean word length {mean:.2f} outside {low}..{high}", facts
-        rule = self._repetition_or_noise(text, tokens)
+        rule = self._repetition_or_noise(text, words.ngrams(row))
         if rule is not None:
             return (*rule, facts)
         lang, score = self._language_id.identify(text)
@@ -119,7 +150,8 @@ class TextFilter(MapStage[TextFilterConfig]):
                                f">= {cfg.min_language_score}", facts
         return None, None, facts
 
-    def _repetition_or_noise(self, text: str, tokens: list[str]) -> tuple[str, str] | None:
+    def _repetition_or_noise(self, text: str,
+                             ngrams: text_stats.NgramIndex) -> tuple[str, str] | None:
         cfg = self.config
         if cfg.max_non_printable_fraction is not None:
             share = text_stats.non_printable_fraction(text)
@@ -129,8 +161,9 @@ class TextFilter(MapStage[TextFilterConfig]):
             share = text_stats.duplicate_line_fraction(text)
             if share > cfg.max_duplicate_line_fraction:
                 return "repetition", f"{share:.2f} of lines are duplicates"
-        ngrams = text_stats.NgramIndex(tokens)
         for n, limit in sorted(cfg.max_top_ngram_fraction.items()):
+            if ngrams.top_ngram_char_bound(n) <= limit:
+                continue
             share = ngrams.top_ngram_char_fraction(n)
             if share > limit:
                 return "repetition", f"top {n}-gram covers {share:.2f} of characters"

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gristmill.scoring.language_id import LanguageIdentifier, mostly_capitals
+from gristmill.scoring.language_id import (
+    SPLIT_JOIN_CHARS,
+    LanguageIdentifier,
+    mostly_capitals,
+    prepare,
+    single_spaced,
+)
 
 WORDS = ["the", "house", "Haus", "und", "maison", "est", "THE", "RIVER", "Fluss", "río",
          "été", "день", "доброе", "東京", "123", "!?", "\u00a0", "\t", "\n\n", "  "]
@@ -24,6 +30,21 @@ def _wrapper_capitals_rule(text: str) -> bool:
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
 def test_capitals_rule_counts_as_the_regex_does(text: str) -> None:
     assert mostly_capitals(text) == _wrapper_capitals_rule(text)
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80))
+def test_fasttext_reads_the_text_single_spaced_on_one_line(text: str) -> None:
+    spaced = " ".join(text.split())
+    expected = spaced.lower() if mostly_capitals(spaced) else spaced
+    assert prepare(text, 1_000) == expected
+
+
+def test_a_long_text_is_single_spaced_as_a_short_one_is() -> None:
+    piece = "Grüße,\u00a0 the  RIVER\t\n rose\u2003 quickly \r\n"
+    text = "\n " + piece * (SPLIT_JOIN_CHARS // len(piece) + 10)
+    assert len(text) > SPLIT_JOIN_CHARS
+    assert single_spaced(text) == " ".join(text.split())
 
 
 @pytest.fixture(scope="module")
